@@ -1,0 +1,495 @@
+"""Model specs → ready encoders and probes; key mapping to and from the transformers layout.
+
+A *model spec* is one of:
+  - `random:<arch>[,key=value...]`  seeded random weights (e.g. `random:vit_large`,
+    `random:tiny`, `random:vit_giant_xformers,depth=2`): offline smoke runs, tests, benchmarks.
+  - a local directory in the transformers layout (`config.json` + `*.safetensors`).
+  - an original `.pt`/`.pth`/`.tar` checkpoint (`encoder` / `target_encoder` inside).
+  - a Hugging Face hub id (`facebook/vjepa2-vitl-fpc64-256`), fetched with huggingface_hub so
+    its cache and `HF_HUB_OFFLINE` apply.
+Loading is strict: missing, unexpected or mis-shaped keys are an error that names them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from src.models.attentive_pooler import AttentiveClassifier, PROBE_NORM_EPS
+from src.models.vision_transformer import ARCHITECTURES, FACTORIES, VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HUB_MODEL = "facebook/vjepa2-vitg-fpc64-384"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+# Released widths → heads. Width alone cannot tell 16 from 22 heads for giant: the table can.
+HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22, 1664: 26, 192: 3}
+RANDOM_SEED = 0
+
+
+class ModelSpecError(ValueError):
+    """The model spec cannot be resolved (unknown name, unreachable hub id, bad file)."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not match the architecture (missing/unexpected/mis-shaped keys)."""
+
+
+# ----------------------------------------------------------------------------- key mapping
+# (ours, transformers) suffix pairs inside one encoder block; qkv is handled separately.
+_BLOCK_KEYS = [
+    ("norm1", "norm1"),
+    ("attn.proj", "attention.proj"),
+    ("norm2", "norm2"),
+    ("mlp.fc1", "mlp.fc1"),
+    ("mlp.fc2", "mlp.fc2"),
+]
+_ENCODER_KEYS = [("patch_embed.proj", "embeddings.patch_embeddings.proj"), ("norm", "layernorm")]
+_POOLER_BLOCK_KEYS = [
+    ("norm1", "layer_norm1"),
+    ("attn.proj", "self_attn.out_proj"),
+    ("norm2", "layer_norm2"),
+    ("mlp.fc1", "mlp.fc1"),
+    ("mlp.fc2", "mlp.fc2"),
+]
+_CROSS_BLOCK_KEYS = [
+    ("norm1", "layer_norm1"),
+    ("xattn.q", "cross_attn.q_proj"),
+    ("norm2", "layer_norm2"),
+    ("mlp.fc1", "mlp.fc1"),
+    ("mlp.fc2", "mlp.fc2"),
+]
+
+
+def _split_rows(tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    return [t.clone() for t in tensor.chunk(parts, dim=0)]
+
+
+def _rename(state_dict: dict, src_prefix: str, dst_prefix: str, pairs, out: dict, consumed: set) -> None:
+    for src, dst in pairs:
+        for leaf in ("weight", "bias"):
+            key = f"{src_prefix}{src}.{leaf}"
+            if key in state_dict:
+                out[f"{dst_prefix}{dst}.{leaf}"] = state_dict[key]
+                consumed.add(key)
+
+
+def _block_indices(state_dict: dict, prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
+
+
+def _leftovers(state_dict: dict, consumed: set, what: str) -> None:
+    rest = sorted(set(state_dict) - consumed)
+    if rest:
+        raise CheckpointError(f"{what}: keys with no counterpart: {_key_list(rest)}")
+
+
+def encoder_to_hf(state_dict: dict, prefix: str = "encoder.") -> dict:
+    """Our encoder state dict → transformers `VJEPA2Model` keys (qkv split into query/key/value)."""
+    out, consumed = {}, set()
+    _rename(state_dict, "", prefix, _ENCODER_KEYS, out, consumed)
+    for i in _block_indices(state_dict, "blocks."):
+        src, dst = f"blocks.{i}.", f"{prefix}layer.{i}."
+        _rename(state_dict, src, dst, _BLOCK_KEYS, out, consumed)
+        for leaf in ("weight", "bias"):
+            key = f"{src}attn.qkv.{leaf}"
+            if key in state_dict:
+                for name, part in zip(("query", "key", "value"), _split_rows(state_dict[key], 3)):
+                    out[f"{dst}attention.{name}.{leaf}"] = part
+                consumed.add(key)
+    _leftovers(state_dict, consumed, "encoder_to_hf")
+    return out
+
+
+def encoder_from_hf(state_dict: dict, prefix: str = "encoder.") -> dict:
+    """transformers encoder keys (under `prefix`) → ours (query/key/value merged into qkv).
+
+    Keys outside `prefix` (predictor, pooler, classifier) are ignored.
+    """
+    sd = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    out, consumed = {}, set()
+    _rename(sd, "", "", [(hf, ours) for ours, hf in _ENCODER_KEYS], out, consumed)
+    for i in _block_indices(sd, "layer."):
+        src, dst = f"layer.{i}.", f"blocks.{i}."
+        _rename(sd, src, dst, [(hf, ours) for ours, hf in _BLOCK_KEYS], out, consumed)
+        for leaf in ("weight", "bias"):
+            parts = [f"{src}attention.{name}.{leaf}" for name in ("query", "key", "value")]
+            if all(p in sd for p in parts):
+                out[f"{dst}attn.qkv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
+                consumed.update(parts)
+    _leftovers(sd, consumed, f"encoder_from_hf (under '{prefix}')")
+    return out
+
+
+def classifier_to_hf(state_dict: dict) -> dict:
+    """Our `AttentiveClassifier` keys → transformers `VJEPA2ForVideoClassification` pooler/classifier keys."""
+    out, consumed = {}, set()
+    if "pooler.query_tokens" in state_dict:
+        out["pooler.query_tokens"] = state_dict["pooler.query_tokens"]
+        consumed.add("pooler.query_tokens")
+    for i in _block_indices(state_dict, "pooler.blocks."):
+        src, dst = f"pooler.blocks.{i}.", f"pooler.self_attention_layers.{i}."
+        _rename(state_dict, src, dst, _POOLER_BLOCK_KEYS, out, consumed)
+        for leaf in ("weight", "bias"):
+            key = f"{src}attn.qkv.{leaf}"
+            if key in state_dict:
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), _split_rows(state_dict[key], 3)):
+                    out[f"{dst}self_attn.{name}.{leaf}"] = part
+                consumed.add(key)
+    src, dst = "pooler.cross_attention_block.", "pooler.cross_attention_layer."
+    _rename(state_dict, src, dst, _CROSS_BLOCK_KEYS, out, consumed)
+    for leaf in ("weight", "bias"):
+        key = f"{src}xattn.kv.{leaf}"
+        if key in state_dict:
+            k, v = _split_rows(state_dict[key], 2)
+            out[f"{dst}cross_attn.k_proj.{leaf}"], out[f"{dst}cross_attn.v_proj.{leaf}"] = k, v
+            consumed.add(key)
+    _rename(state_dict, "", "", [("linear", "classifier")], out, consumed)
+    _leftovers(state_dict, consumed, "classifier_to_hf")
+    return out
+
+
+def classifier_from_hf(state_dict: dict) -> dict:
+    """transformers pooler/classifier keys → our `AttentiveClassifier` keys (encoder keys ignored)."""
+    sd = {k: v for k, v in state_dict.items() if k.startswith(("pooler.", "classifier."))}
+    out, consumed = {}, set()
+    if "pooler.query_tokens" in sd:
+        out["pooler.query_tokens"] = sd["pooler.query_tokens"]
+        consumed.add("pooler.query_tokens")
+    for i in _block_indices(sd, "pooler.self_attention_layers."):
+        src, dst = f"pooler.self_attention_layers.{i}.", f"pooler.blocks.{i}."
+        _rename(sd, src, dst, [(hf, ours) for ours, hf in _POOLER_BLOCK_KEYS], out, consumed)
+        for leaf in ("weight", "bias"):
+            parts = [f"{src}self_attn.{n}.{leaf}" for n in ("q_proj", "k_proj", "v_proj")]
+            if all(p in sd for p in parts):
+                out[f"{dst}attn.qkv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
+                consumed.update(parts)
+    src, dst = "pooler.cross_attention_layer.", "pooler.cross_attention_block."
+    _rename(sd, src, dst, [(hf, ours) for ours, hf in _CROSS_BLOCK_KEYS], out, consumed)
+    for leaf in ("weight", "bias"):
+        parts = [f"{src}cross_attn.{n}.{leaf}" for n in ("k_proj", "v_proj")]
+        if all(p in sd for p in parts):
+            out[f"{dst}xattn.kv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
+            consumed.update(parts)
+    _rename(sd, "", "", [("classifier", "linear")], out, consumed)
+    _leftovers(sd, consumed, "classifier_from_hf")
+    return out
+
+
+def hf_config_dict(encoder: VisionTransformer) -> dict:
+    """transformers `VJEPA2Config` arguments describing our encoder."""
+    return dict(
+        patch_size=encoder.patch_size,
+        tubelet_size=encoder.tubelet_size,
+        crop_size=encoder.img_size,
+        frames_per_clip=encoder.num_frames,
+        hidden_size=encoder.embed_dim,
+        num_hidden_layers=encoder.depth,
+        num_attention_heads=encoder.num_heads,
+        mlp_ratio=encoder.mlp_ratio,
+        layer_norm_eps=encoder.norm.eps,
+        qkv_bias=encoder.blocks[0].attn.qkv.bias is not None if len(encoder.blocks) else True,
+    )
+
+
+# ----------------------------------------------------------------------------- strict loading
+def _key_list(keys, limit: int = 12) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Load every key or fail with one message naming the missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_key_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_key_list(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shapes: {_key_list(mismatched, 6)}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:
+    """Remove wrapper prefixes at the start of keys only (repeatedly, in any order)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key, changed = key.removeprefix(p), True
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- specs
+def _parse_random_spec(spec: str) -> tuple[str, dict]:
+    body = spec.removeprefix("random:")
+    arch, *options = body.split(",")
+    arch = arch.strip() or "tiny"
+    arch = arch.removesuffix("_rope")
+    if arch not in ARCHITECTURES:
+        raise ModelSpecError(f"unknown architecture '{arch}' in '{spec}'; choose from {sorted(ARCHITECTURES)}")
+    overrides = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise ModelSpecError(f"bad option '{option}' in '{spec}' (expected key=value)")
+        overrides[key.strip()] = float(value) if "." in value else int(value)
+    return arch, overrides
+
+
+def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
+    """Seeded random encoder for `random:<arch>[,key=value...]`; same spec → same weights."""
+    arch, overrides = _parse_random_spec(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        try:
+            model = FACTORIES[arch](img_size=img_size or 256, num_frames=num_frames, **overrides)
+        except TypeError as exc:
+            raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
+    logger.warning(
+        "RANDOM WEIGHTS (%s): this encoder is untrained; its features are random and mean "
+        "nothing. Use it only for tests, benchmarks and offline smoke runs.",
+        spec,
+    )
+    return model
+
+
+def infer_architecture(state_dict: dict) -> dict:
+    """Architecture arguments from tensor shapes of an (unprefixed) original encoder state dict."""
+    if "patch_embed.proj.weight" not in state_dict:
+        raise CheckpointError(
+            f"no 'patch_embed.proj.weight' among the keys ({_key_list(sorted(state_dict), 6)}): "
+            "not a V-JEPA 2 encoder state dict"
+        )
+    width, in_chans, tubelet, patch, _ = state_dict["patch_embed.proj.weight"].shape
+    blocks = _block_indices(state_dict, "blocks.")
+    if not blocks:
+        raise CheckpointError("no 'blocks.N.*' keys: not a V-JEPA 2 encoder state dict")
+    fc1 = state_dict.get(f"blocks.{blocks[0]}.mlp.fc1.weight")
+    mlp_ratio = fc1.shape[0] / width if fc1 is not None else 4.0
+    if width in HEADS_BY_WIDTH:
+        heads = HEADS_BY_WIDTH[width]
+    else:
+        heads = max(1, width // 64)
+        logger.warning("width %d is not a released V-JEPA 2 width; assuming %d heads of 64", width, heads)
+    qkv_bias = f"blocks.{blocks[0]}.attn.qkv.bias" in state_dict
+    return dict(
+        embed_dim=width, depth=blocks[-1] + 1, num_heads=heads, mlp_ratio=mlp_ratio,
+        patch_size=patch, tubelet_size=tubelet, in_chans=in_chans, qkv_bias=qkv_bias,
+    )
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file …
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def load_original_checkpoint(
+    path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str = "encoder"
+) -> VisionTransformer:
+    """Encoder from an original V-JEPA 2 `.pt` (architecture inferred from tensor shapes)."""
+    path = Path(path)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if checkpoint_key in ckpt:
+        state_dict = ckpt[checkpoint_key]
+    elif any(k.endswith("patch_embed.proj.weight") for k in ckpt):
+        state_dict = ckpt  # a bare encoder state dict
+    else:
+        raise CheckpointError(
+            f"{path}: no '{checkpoint_key}' entry; it has {_key_list(sorted(map(str, ckpt)))}"
+            " (pass checkpoint_key='target_encoder' for evaluation weights)"
+        )
+    state_dict = strip_prefixes(state_dict)
+    if state_dict.pop("pos_embed", None) is not None:
+        logger.info("%s: ignoring 'pos_embed' (RoPE encoders use no learned positions)", path)
+    arch = infer_architecture(state_dict)
+    if img_size is None:
+        img_size = 256
+        logger.info("%s: no crop size given; using 256 (pass img_size=384 for 384 px checkpoints)", path.name)
+    model = VisionTransformer(img_size=img_size, num_frames=num_frames, **arch)
+    load_state_dict_strict(model, state_dict, f"{path} ['{checkpoint_key}']")
+    logger.info("loaded %s['%s']: width %d, depth %d, %d heads", path.name, checkpoint_key,
+                arch["embed_dim"], arch["depth"], arch["num_heads"])
+    return model
+
+
+def _read_hf_weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        state_dict = {}
+        for f in files:
+            state_dict.update(load_file(f))
+        return state_dict
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    if bins:
+        state_dict = {}
+        for f in bins:
+            state_dict.update(_torch_load(f))
+        return state_dict
+    raise ModelSpecError(f"{directory}: no *.safetensors or pytorch_model*.bin weights next to config.json")
+
+
+def load_hf_directory(directory: str | Path, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
+    """Encoder from a transformers-layout directory (VJEPA2Model or a classifier repo)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelSpecError(f"{directory}: no config.json (not a transformers model directory)")
+    config = json.loads(config_path.read_text())
+    patch = config.get("patch_size", 16)
+    model = VisionTransformer(
+        img_size=img_size or config.get("crop_size", 256),
+        num_frames=num_frames,
+        patch_size=patch[0] if isinstance(patch, (list, tuple)) else patch,
+        tubelet_size=config.get("tubelet_size", 2),
+        in_chans=config.get("in_chans", 3),
+        embed_dim=config.get("hidden_size", 1024),
+        depth=config.get("num_hidden_layers", 24),
+        num_heads=config.get("num_attention_heads", 16),
+        mlp_ratio=config.get("mlp_ratio", 4.0),
+        qkv_bias=config.get("qkv_bias", True),
+        norm_eps=config.get("layer_norm_eps", 1e-6),
+    )
+    hf_state = _read_hf_weights(directory)
+    prefix = "vjepa2.encoder." if any(k.startswith("vjepa2.encoder.") for k in hf_state) else "encoder."
+    load_state_dict_strict(model, encoder_from_hf(hf_state, prefix=prefix), str(directory))
+    return model
+
+
+def download_hub_model(repo_id: str) -> Path:
+    """Local snapshot of a hub repo (config + safetensors) via huggingface_hub, or a clear error."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # offline, unknown repo, no cache: all end the same way for the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(
+            f"cannot get '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {reason}). "
+            "Offline, use a local directory with config.json + *.safetensors (e.g. one saved by "
+            "`save_pretrained`), a populated HF cache (HF_HOME / HF_HUB_CACHE), an original .pt "
+            "checkpoint, or `random:vit_large` for a smoke run with random weights."
+        ) from None
+
+
+def resolve_spec_kind(spec: str) -> str:
+    """'random', 'checkpoint', 'hf_dir' or 'hub' for a model spec (raises for nonsense)."""
+    if spec.startswith("random:"):
+        return "random"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "hf_dir"
+    if path.is_file():
+        return "checkpoint"
+    if path.suffix in CHECKPOINT_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise ModelSpecError(f"{spec}: no such checkpoint file or model directory")
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
+        return "hub"
+    raise ModelSpecError(
+        f"unknown model spec '{spec}': use a hub id (org/name), a local transformers directory, "
+        f"an original .pt checkpoint, or random:<arch> with arch in {sorted(ARCHITECTURES)}"
+    )
+
+
+def load_encoder(
+    spec: str,
+    img_size: int | None = None,
+    num_frames: int = 16,
+    checkpoint_key: str = "encoder",
+    device: str | torch.device = "cpu",
+) -> VisionTransformer:
+    """Turn a model spec into an eval-mode encoder on `device` (see the module docstring).
+
+    The returned model carries `model_spec` (the spec string) and `is_random` attributes.
+    """
+    kind = resolve_spec_kind(spec)
+    if kind == "random":
+        model = build_random_encoder(spec, img_size=img_size, num_frames=num_frames)
+    elif kind == "checkpoint":
+        model = load_original_checkpoint(Path(spec).expanduser(), img_size, num_frames, checkpoint_key)
+    elif kind == "hf_dir":
+        model = load_hf_directory(Path(spec).expanduser(), img_size, num_frames)
+    else:
+        model = load_hf_directory(download_hub_model(spec), img_size, num_frames)
+    model.model_spec, model.is_random = spec, kind == "random"
+    return model.to(device).eval()
+
+
+def model_info(model: VisionTransformer) -> dict:
+    """JSON-able description of a loaded encoder, for feature-file metadata."""
+    return dict(
+        model_name=getattr(model, "model_spec", "unknown"),
+        random_weights=bool(getattr(model, "is_random", False)),
+        embed_dim=model.embed_dim,
+        depth=model.depth,
+        num_heads=model.num_heads,
+        patch_size=model.patch_size,
+        tubelet_size=model.tubelet_size,
+        img_size=model.img_size,
+    )
+
+
+# ----------------------------------------------------------------------------- probes
+def load_classifier(
+    path: str | Path,
+    num_heads: int = 16,
+    norm_eps: float = PROBE_NORM_EPS,
+    device: str | torch.device = "cpu",
+) -> AttentiveClassifier:
+    """`AttentiveClassifier` from a released probe file (`classifiers[0]`, `module.` stripped).
+
+    Width, depth, MLP ratio and class count come from tensor shapes; the head count is not in
+    the weights: released probes use 16 for every encoder size (also giant).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: no such probe file")
+    ckpt = _torch_load(path)
+    if isinstance(ckpt, dict) and "classifiers" in ckpt:
+        classifiers = ckpt["classifiers"]
+        state_dict = classifiers[0] if isinstance(classifiers, (list, tuple)) else classifiers
+    elif isinstance(ckpt, dict) and any(str(k).endswith("pooler.query_tokens") for k in ckpt):
+        state_dict = ckpt
+    else:
+        keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else [type(ckpt).__name__]
+        raise CheckpointError(f"{path}: no 'classifiers' entry (has {_key_list(keys)}); not a probe file")
+    state_dict = strip_prefixes(state_dict, prefixes=("module.",))
+    for key in ("pooler.query_tokens", "linear.weight"):
+        if key not in state_dict:
+            raise CheckpointError(f"{path}: probe lacks '{key}'; has {_key_list(sorted(state_dict))}")
+    embed_dim = state_dict["pooler.query_tokens"].shape[-1]
+    num_classes = state_dict["linear.weight"].shape[0]
+    depth = len(_block_indices(state_dict, "pooler.blocks.")) + 1
+    fc1 = state_dict.get("pooler.cross_attention_block.mlp.fc1.weight")
+    mlp_ratio = fc1.shape[0] / embed_dim if fc1 is not None else 4.0
+    model = AttentiveClassifier(
+        embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, depth=depth,
+        num_classes=num_classes, norm_eps=norm_eps,
+    )
+    load_state_dict_strict(model, state_dict, str(path))
+    return model.to(device).eval()
