@@ -223,20 +223,22 @@ def find_frames(
     if first_frame is not None and last_frame is not None and first_frame > last_frame:
         raise ValueError(f"{frame_dir}: first_frame {first_frame} > last_frame {last_frame}")
 
+    with os.scandir(frame_dir) as entries:
+        names = [(entry.name, entry.is_file()) for entry in entries]
     frames: dict[int, Path] = {}
-    for entry in os.scandir(frame_dir):
-        if _is_hidden(entry.name):
+    for name, is_file in names:
+        if _is_hidden(name):
             continue
-        number = _frame_number(compiled, entry.name)
-        if number is None or not entry.is_file():
+        number = _frame_number(compiled, name)
+        if number is None or not is_file:
             continue
         if first_frame is not None and number < first_frame:
             continue
         if last_frame is not None and number > last_frame:
             continue
-        path = frame_dir / entry.name
+        path = frame_dir / name
         if number in frames:
-            a, b = sorted([frames[number].name, entry.name])
+            a, b = sorted([frames[number].name, name])
             raise ValueError(f"{frame_dir}: frame number {number} appears twice ({a}, {b})")
         frames[number] = path
     return [(n, frames[n]) for n in sorted(frames)]

@@ -167,7 +167,8 @@ def test_exif_orientation_uncompressed_tiff(tmp_path, orientation, dtype):
 def test_16bit_tiff_scaled_from_min_max(tmp_path):
     data = np.array([[1000, 2000], [3000, 65535]], dtype=np.uint16)
     Image.fromarray(data).save(tmp_path / "d.tif")
-    assert Image.open(tmp_path / "d.tif").mode == "I;16"
+    with Image.open(tmp_path / "d.tif") as written:
+        assert written.mode == "I;16"
     out = frames.load_image(tmp_path / "d.tif")
     assert out.shape == (2, 2, 3)
     expected = np.rint((data.astype(float) - 1000) / (65535 - 1000) * 255).astype(np.uint8)
@@ -187,7 +188,8 @@ def test_16bit_low_range_not_clipped(tmp_path):
 def test_float_tiff_with_nan(tmp_path):
     data = np.array([[-2.0, 0.0], [np.nan, 2.0]], dtype=np.float32)
     Image.fromarray(data).save(tmp_path / "f.tif")
-    assert Image.open(tmp_path / "f.tif").mode == "F"
+    with Image.open(tmp_path / "f.tif") as written:
+        assert written.mode == "F"
     out = frames.load_image(tmp_path / "f.tif")[:, :, 0]
     np.testing.assert_array_equal(out, [[0, 128], [0, 255]])
 
@@ -350,7 +352,9 @@ def _decord_available():
 @pytest.mark.skipif(not _decord_available(), reason="decord not installed")
 def test_decord_and_pyav_agree_on_real_video(bikes):
     indices = [0, 7, 100, 249]
-    with frames.VideoReader(bikes, backend="decord") as d, frames.VideoReader(bikes, backend="pyav") as p:
+    d = frames.VideoReader(bikes, backend="decord")
+    p = frames.VideoReader(bikes, backend="pyav")
+    with d, p:
         assert d.backend == "decord" and p.backend == "pyav"
         assert d.num_frames == p.num_frames == 250
         assert d.fps > 0 and d.fps == pytest.approx(p.fps)

@@ -1,0 +1,78 @@
+"""A loaded encoder with its preprocessing, device and dtype: uint8 clips in, fp16 features out.
+
+Both extractors use this, so the crop size, token grid and model description come from one
+place (the model actually loaded), never from hard-coded numbers.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from src.cli import resolve_device, resolve_dtype
+from src.datasets.utils.video.transforms import eval_crop_box, make_eval_transform
+from src.models.weights import load_encoder, model_info
+
+logger = logging.getLogger(__name__)
+
+
+class ClipEncoder:
+    """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU.
+
+    Args:
+        spec: model spec (see `src.models.weights.load_encoder`).
+        device: "auto", "cpu", "cuda", "cuda:N".
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
+        img_size: crop size; default from the model's config (256 for bare .pt files).
+        checkpoint_key: entry of an original .pt to load.
+    """
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
+                 checkpoint_key: str = "encoder"):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            logger.warning("%s on CPU is usually slower than fp32 here; use --dtype fp32 for speed", self.dtype)
+        self.spec = spec
+        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device)
+        self.model.to(self.dtype)
+        self.crop = self.model.img_size
+        self.transform = make_eval_transform(self.crop)
+        logger.info("encoder %s: width %d, depth %d, %d heads, crop %d, %s on %s", spec, self.model.embed_dim,
+                    self.model.depth, self.model.num_heads, self.crop, str(self.dtype).removeprefix("torch."),
+                    self.device)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    def grid(self, num_frames: int) -> tuple[int, int, int]:
+        """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames at the crop size."""
+        return self.model.patch_grid(num_frames, self.crop, self.crop)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, crop, crop]` (CPU)."""
+        return self.transform(frames)
+
+    def crop_box(self, height: int, width: int) -> dict:
+        """The source-pixel region the features cover (centre crop after the short-side resize)."""
+        return eval_crop_box(height, width, self.crop)
+
+    @torch.inference_mode()
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        """`[B, C, T, H, W]` → fp16 `[B, N, D]` on the CPU (cast on the device, before the copy back)."""
+        x = clips.to(self.device, dtype=self.dtype, non_blocking=True)
+        return self.model(x).to(torch.float16).cpu()
+
+    def describe(self, num_frames: int) -> dict:
+        """`model_info` for feature files: the seed's keys plus the loaded model's architecture."""
+        tp, hp, wp = self.grid(num_frames)
+        return {
+            **model_info(self.model),
+            "num_input_frames": num_frames,
+            "num_output_temporal": tp,
+            "spatial_patches": [hp, wp],
+            "patch_dim": self.embed_dim,
+            "compute_dtype": str(self.dtype).removeprefix("torch."),
+        }

@@ -1,0 +1,167 @@
+"""Decide which part of the input list this process handles, and on which device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Iterable, Mapping
+
+logger = logging.getLogger(__name__)
+
+# (index variable, count variable) in order of precedence.
+_ENV_PAIRS = (
+    ("RANK", "WORLD_SIZE"),  # torchrun / torch.distributed
+    ("SLURM_PROCID", "SLURM_NTASKS"),  # srun with several tasks
+)
+
+_NO_INDEX = "--num_shards given but no shard index (--shard or an array-index variable)"
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    """Integer value of an environment variable; None when unset or empty."""
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _parse_shard(shard: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not match:
+        raise ValueError(f"--shard {shard!r}: expected 'i/N' with 0 <= i < N")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {shard!r}: expected 'i/N' with 0 <= i < N")
+    return index, count
+
+
+def _check(index: int, count: int, source: str, num_shards: int | None) -> tuple[int, int]:
+    if count < 1:
+        raise ValueError(f"{source}: shard count {count} must be >= 1")
+    if not 0 <= index < count:
+        raise ValueError(f"{source}: shard index {index} not in 0..{count - 1}")
+    if num_shards is not None and num_shards != count:
+        raise ValueError(f"{source} gives {count} shards but --num_shards is {num_shards}")
+    return index, count
+
+
+def _slurm_array(environ: Mapping[str, str], num_shards: int | None) -> tuple[int, int] | None:
+    task_id = _env_int(environ, "SLURM_ARRAY_TASK_ID")
+    if task_id is None:
+        return None
+    # --array=5-9 numbers tasks from 5; --array=0-10:2 steps by 2.
+    index = task_id - (_env_int(environ, "SLURM_ARRAY_TASK_MIN") or 0)
+    step = _env_int(environ, "SLURM_ARRAY_TASK_STEP") or 1
+    if step > 1 and index % step == 0:
+        index //= step
+    count = _env_int(environ, "SLURM_ARRAY_TASK_COUNT")
+    if count is None:
+        if num_shards is None:
+            raise ValueError(
+                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --num_shards"
+            )
+        count = num_shards
+    return _check(index, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT", num_shards)
+
+
+def resolve_shard(
+    shard: str | None = None,
+    num_shards: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[int, int]:
+    """``(index, count)`` of this process's shard.
+
+    Precedence: ``shard`` ("i/N"), RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS,
+    SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
+    PBS_ARRAY_INDEX with ``num_shards``; otherwise (0, 1). A variable pair whose
+    count is 1 is skipped, because every Slurm job (array tasks included) sets
+    SLURM_NTASKS=1 and plain scripts may set WORLD_SIZE=1.
+    """
+    environ = os.environ if environ is None else environ
+    if num_shards is not None and int(num_shards) < 1:
+        raise ValueError(f"--num_shards {num_shards}: must be >= 1")
+
+    if shard is not None and str(shard).strip() != "":
+        index, count = _parse_shard(shard)
+        return _check(index, count, f"--shard {shard!r}", num_shards)
+
+    for index_var, count_var in _ENV_PAIRS:
+        index, count = _env_int(environ, index_var), _env_int(environ, count_var)
+        if index is None and count is None:
+            continue
+        if index is None or count is None:
+            # A lone RANK or WORLD_SIZE is more likely another tool's than a launcher's.
+            logger.warning(
+                "%s is set without %s; ignoring it for sharding",
+                index_var if index is not None else count_var,
+                count_var if index is not None else index_var,
+            )
+            continue
+        if count == 1 and index == 0:
+            continue
+        return _check(index, count, f"{index_var}/{count_var}", num_shards)
+
+    array = _slurm_array(environ, num_shards)
+    if array is not None:
+        return array
+
+    pbs_index = _env_int(environ, "PBS_ARRAY_INDEX")
+    if pbs_index is not None:
+        if num_shards is None:
+            raise ValueError("PBS_ARRAY_INDEX is set but --num_shards is not")
+        return _check(pbs_index, num_shards, "PBS_ARRAY_INDEX", num_shards)
+
+    if num_shards is not None and num_shards != 1:
+        raise ValueError(_NO_INDEX)
+    return 0, 1
+
+
+def select_shard(items: Iterable, index: int, count: int) -> list:
+    """Items of shard ``index`` of ``count``: ``sorted(items)[index::count]``.
+
+    Sorting first makes the split independent of discovery order, so every
+    process computes the same partition.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: expected 0 <= index < count")
+    return sorted(items)[index::count]
+
+
+def _local_rank(environ: Mapping[str, str]) -> int:
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = _env_int(environ, name)
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"environment variable {name}={value} is negative")
+            return value
+    return 0
+
+
+def local_device(device: str = "auto", environ: Mapping[str, str] | None = None) -> str:
+    """Torch device string for this process.
+
+    "auto" picks the local rank's GPU (LOCAL_RANK, else SLURM_LOCALID, else 0) when
+    CUDA is available, otherwise "cpu"; "cuda" picks the local rank's GPU; any
+    other value ("cuda:3", "cpu", "mps") is returned unchanged. The local rank is
+    taken modulo the visible GPU count, since schedulers that bind one GPU per
+    task (CUDA_VISIBLE_DEVICES) show every task its GPU as cuda:0.
+    """
+    environ = os.environ if environ is None else environ
+    device = str(device).strip()
+    if device not in ("auto", "cuda"):
+        return device
+
+    import torch
+
+    available = torch.cuda.is_available()
+    if device == "auto" and not available:
+        return "cpu"
+    rank = _local_rank(environ)
+    visible = torch.cuda.device_count() if available else 0
+    if visible > 0:
+        rank %= visible
+    return f"cuda:{rank}"
