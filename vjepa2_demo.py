@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""V-JEPA 2 demo: one video through transformers and through our encoder, compared, then classified.
+r"""V-JEPA 2 demo: one video through transformers and through our encoder, compared, then classified.
 
     python vjepa2_demo.py --video clip.mp4 --hf_model facebook/vjepa2-vitg-fpc64-384 \
         --pt_model vitg-384.pt --probe ssv2-vitg-384-64x2x3.pt

@@ -109,7 +109,8 @@ def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: checking a large chunk for completeness must not read all of it
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # pickle/zip/EOF/RuntimeError all mean a bad file
         raise ValueError(f"{path}: not a valid feature file ({_reason(exc)})") from exc
 

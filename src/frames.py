@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import UnidentifiedImageError, Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,12 @@ def load_image(src: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
         raise ValueError(f"{path}: cannot read image ({exc})") from exc
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         # UnidentifiedImageError is an OSError; truncated data raises OSError too.
-        reason = "empty file" if path.stat().st_size == 0 else str(exc)
+        if path.stat().st_size == 0:
+            reason = "empty file"
+        elif isinstance(exc, UnidentifiedImageError):
+            reason = "not a recognised image format"  # PIL's own text names the file handle
+        else:
+            reason = str(exc)
         raise ValueError(f"{path}: cannot read image ({reason})") from exc
 
 

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Run one extractor process per shard on this machine, one GPU each (round-robin), and
+# report how each shard did. See usage() below.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+
+usage() {
+    cat >&2 <<'EOF'
+usage: run_parallel_extraction.sh INPUT OUTPUT_DIR NUM_GPUS [extra args...]
+
+  INPUT       image folder (vjepa2_extractor.py); with --sequential: a frame folder,
+              a video file, or a text file listing videos (vjepa2_sequential_extractor.py)
+  OUTPUT_DIR  feature folder shared by all shards (chunk files, manifest.jsonl,
+              logs/shard_<i>.log)
+  NUM_GPUS    number of processes (shards) N; shard i runs on GPU i % (GPUs found),
+              or on the CPU when nvidia-smi lists no GPU
+  extra args  passed to every process (e.g. --model, --batch_size, --image_frames);
+              --sequential selects the sequential (video / frame folder) extractor
+
+Environment: PYTHON (interpreter, default python); CUDA_VISIBLE_DEVICES, when set,
+restricts the GPUs used to the ones it lists.
+
+Exit status: 0 if every shard exited 0, else the first non-zero shard exit code
+(3: finished, but some inputs failed, see OUTPUT_DIR/manifest.jsonl); 2: bad usage.
+Rerunning the same command resumes: complete outputs are skipped.
+EOF
+}
+
+if [[ $# -lt 3 ]]; then
+    echo "error: expected INPUT OUTPUT_DIR NUM_GPUS, got $# argument(s)" >&2
+    usage
+    exit 2
+fi
+INPUT=$1
+OUTPUT_DIR=$2
+NUM=$3
+shift 3
+if ! [[ "$NUM" =~ ^[0-9]+$ ]] || (( 10#$NUM < 1 )); then
+    echo "error: NUM_GPUS must be a positive integer, got '$NUM'" >&2
+    usage
+    exit 2
+fi
+NUM=$((10#$NUM))
+if [[ ! -e "$INPUT" ]]; then
+    echo "error: INPUT $INPUT does not exist" >&2
+    usage
+    exit 2
+fi
+
+SEQUENTIAL=0
+EXTRA=()
+for arg in "$@"; do
+    if [[ "$arg" == "--sequential" ]]; then
+        SEQUENTIAL=1
+    else
+        EXTRA+=("$arg")
+    fi
+done
+
+if (( SEQUENTIAL )); then
+    SCRIPT="$SCRIPT_DIR/vjepa2_sequential_extractor.py"
+    if [[ -d "$INPUT" ]]; then
+        INPUT_ARGS=(--frame_dir "$INPUT")
+    else
+        INPUT_ARGS=(--video "$INPUT")
+    fi
+else
+    SCRIPT="$SCRIPT_DIR/vjepa2_extractor.py"
+    if [[ ! -d "$INPUT" ]]; then
+        echo "error: INPUT $INPUT is not a folder of images (for videos add --sequential)" >&2
+        usage
+        exit 2
+    fi
+    INPUT_ARGS=(--image_dir "$INPUT")
+fi
+
+# GPUs: the ones CUDA_VISIBLE_DEVICES lists when it is set, else those nvidia-smi lists.
+GPUS=()
+if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+    IFS=',' read -r -a GPUS <<< "$CUDA_VISIBLE_DEVICES"
+    if [[ ${#GPUS[@]} -gt 0 && "${GPUS[0]}" == "-1" ]]; then GPUS=(); fi
+elif command -v nvidia-smi >/dev/null 2>&1; then
+    count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    for ((g = 0; g < ${count:-0}; g++)); do GPUS+=("$g"); done
+fi
+NGPUS=${#GPUS[@]}
+if (( NGPUS == 0 )); then
+    echo "no GPU found (nvidia-smi lists none); running $NUM process(es) on the CPU"
+    if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
+        # Share the cores instead of every process starting one thread per core.
+        cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+        export OMP_NUM_THREADS=$(( cores / NUM > 1 ? cores / NUM : 1 ))
+    fi
+fi
+
+mkdir -p "$OUTPUT_DIR/logs"
+PIDS=()
+LOGS=()
+stop_all() {
+    echo "interrupted: stopping ${#PIDS[@]} shard process(es)" >&2
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
+    wait || true
+    exit 130
+}
+trap stop_all INT TERM
+
+for ((i = 0; i < NUM; i++)); do
+    log="$OUTPUT_DIR/logs/shard_${i}.log"
+    LOGS+=("$log")
+    cmd=("$PYTHON" "$SCRIPT" "${INPUT_ARGS[@]}" --output_dir "$OUTPUT_DIR" --shard "$i/$NUM")
+    if (( NGPUS > 0 )); then
+        gpu=${GPUS[i % NGPUS]}
+        echo "shard $i/$NUM: GPU $gpu, log $log"
+        # --device before the extra args, so a --device given there wins.
+        CUDA_VISIBLE_DEVICES="$gpu" "${cmd[@]}" --device cuda ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1 &
+    else
+        echo "shard $i/$NUM: CPU, log $log"
+        "${cmd[@]}" --device cpu ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1 &
+    fi
+    PIDS+=("$!")
+done
+
+CODES=()
+for pid in "${PIDS[@]}"; do
+    if wait "$pid"; then
+        CODES+=(0)
+    else
+        CODES+=("$?")
+    fi
+done
+trap - INT TERM
+
+# Per-shard counts from the manifest lines carrying "shard": "i/N" (last record per input).
+"$PYTHON" - "$OUTPUT_DIR/manifest.jsonl" "$NUM" "${CODES[*]}" "${LOGS[@]}" <<'EOF' || true
+import json, sys
+path, num, codes, logs = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+latest = {}
+try:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "input" in entry:
+                latest[(entry.get("shard"), entry["input"])] = entry.get("status")
+except OSError:
+    pass
+print(f"{'shard':>9}  {'exit':>4}  {'ok':>6}  {'skipped':>7}  {'failed':>6}  log")
+for i in range(num):
+    label = f"{i}/{num}"
+    statuses = [s for (shard, _), s in latest.items() if shard == label]
+    counts = {s: statuses.count(s) for s in ("ok", "skipped", "failed")}
+    print(f"{label:>9}  {codes[i]:>4}  {counts['ok']:>6}  {counts['skipped']:>7}  {counts['failed']:>6}  {logs[i]}")
+EOF
+
+for code in "${CODES[@]}"; do
+    if [[ "$code" != 0 ]]; then
+        echo "some shards failed or had failed inputs; see the logs above and $OUTPUT_DIR/manifest.jsonl" >&2
+        exit "$code"
+    fi
+done
+echo "all $NUM shard(s) finished"
+exit 0

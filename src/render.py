@@ -1,0 +1,403 @@
+"""Turn per-token colours into pictures aligned with the source frames, and write them.
+
+Token ``n`` of a window maps to ``(t, h, w)`` in t-major, then h, then w order
+(``n = (t * Hp + h) * Wp + w``); each temporal token covers ``tubelet_size``
+(2) source frames. Features only cover the eval centre crop of each frame
+(``eval_crop_box``), so overlays colour exactly that box and leave the rest of
+the frame untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "token_colors_to_grids",
+    "grid_for_frame",
+    "crop_box_pixels",
+    "upscale_nearest",
+    "projection_image",
+    "overlay",
+    "annotate",
+    "stack_vertical",
+    "side_by_side",
+    "VideoWriter",
+    "write_png",
+    "VIDEO_FORMATS",
+]
+
+VIDEO_FORMATS = ("mp4", "gif")
+
+# x264 CRF used for MP4s: visibly lossless for flat patch colours, and the
+# files stay small. (imageio-ffmpeg's ``quality`` maps coarsely onto CRF.)
+_MP4_CRF = 18
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_rgb(image, name: str) -> np.ndarray:
+    """``image`` as a ``uint8 [H, W, 3]`` array; integer inputs in [0, 255] are cast."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"{name}: expected an RGB image [H, W, 3], got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        # Floats are ambiguous ([0, 1] or [0, 255]); refuse rather than guess.
+        if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+            raise ValueError(f"{name}: expected uint8 (or integer) pixels, got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"{name}: integer pixels must lie in [0, 255]")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def _temp_path(path: Path, suffix: str = ".part") -> Path:
+    """A fresh hidden temporary file next to ``path`` (same filesystem, so os.replace is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _remove_quietly(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # pragma: no cover - best effort cleanup
+        logger.warning("could not remove temporary file %s: %s", path, err)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def token_colors_to_grids(colors, grid: Sequence[int]) -> np.ndarray:
+    """Reshape per-token colours ``[N, 3]`` into ``[Tp, Hp, Wp, 3]`` (t-major, then h, then w)."""
+    if len(grid) != 3:
+        raise ValueError(f"token_colors_to_grids: grid must be (Tp, Hp, Wp), got {grid!r}")
+    tp, hp, wp = (int(g) for g in grid)
+    if min(tp, hp, wp) <= 0:
+        raise ValueError(f"token_colors_to_grids: grid sizes must be positive, got {grid!r}")
+    arr = np.asarray(colors)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"token_colors_to_grids: colors must be [N, 3], got shape {arr.shape}")
+    expected = tp * hp * wp
+    if arr.shape[0] != expected:
+        raise ValueError(
+            f"token_colors_to_grids: got N={arr.shape[0]} colours but grid {tp}x{hp}x{wp} "
+            f"has Tp*Hp*Wp={expected} tokens"
+        )
+    arr = _as_rgb(arr[None], "token_colors_to_grids")[0]
+    return arr.reshape(tp, hp, wp, 3)
+
+
+def grid_for_frame(grids: np.ndarray, frame_offset: int, tubelet_size: int = 2) -> np.ndarray:
+    """The ``[Hp, Wp, 3]`` grid covering frame ``frame_offset`` of the window."""
+    if tubelet_size <= 0:
+        raise ValueError(f"grid_for_frame: tubelet_size must be positive, got {tubelet_size}")
+    t = int(frame_offset) // int(tubelet_size)
+    if frame_offset < 0 or t >= grids.shape[0]:
+        raise IndexError(
+            f"grid_for_frame: frame offset {frame_offset} outside the window "
+            f"({grids.shape[0]} temporal tokens x {tubelet_size} frames)"
+        )
+    return grids[t]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def crop_box_pixels(crop_box: Mapping[str, float], height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer ``(x0, y0, x1, y1)`` of a float crop box (x1/y1 exclusive), clamped to the image.
+
+    Edges round half up (``floor(v + 0.5)``): edges are pixel-boundary
+    coordinates, so the nearest boundary is wanted, without banker's rounding.
+    """
+    try:
+        edges = [float(crop_box[k]) for k in ("x0", "y0", "x1", "y1")]
+    except KeyError as err:
+        raise ValueError(f"crop_box_pixels: crop box lacks key {err}; got keys {sorted(crop_box)}") from None
+    if not all(math.isfinite(v) for v in edges):
+        raise ValueError(f"crop_box_pixels: non-finite crop box {edges}")
+    x0, y0, x1, y1 = (int(math.floor(v + 0.5)) for v in edges)
+    x0, x1 = (min(max(v, 0), int(width)) for v in (x0, x1))
+    y0, y1 = (min(max(v, 0), int(height)) for v in (y0, y1))
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
+def upscale_nearest(grid_img, out_h: int, out_w: int) -> np.ndarray:
+    """Block-upscale ``[Hp, Wp, 3]`` to ``[out_h, out_w, 3]``; output row i shows patch ``(i*Hp)//out_h``.
+
+    Integer index mapping keeps every patch a flat block with exact
+    boundaries (no interpolation, no floating-point drift).
+    """
+    grid = _as_rgb(grid_img, "upscale_nearest")
+    out_h, out_w = int(out_h), int(out_w)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"upscale_nearest: output size must be positive, got {out_h}x{out_w}")
+    hp, wp = grid.shape[:2]
+    rows = (np.arange(out_h) * hp) // out_h
+    cols = (np.arange(out_w) * wp) // out_w
+    return grid[rows[:, None], cols[None, :]]
+
+
+def projection_image(grid_img, scale: int = 16) -> np.ndarray:
+    """The patch grid as a picture, each patch a ``scale x scale`` block: ``[Hp*scale, Wp*scale, 3]``."""
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"projection_image: scale must be a positive integer, got {scale!r}")
+    grid = _as_rgb(grid_img, "projection_image")
+    scale = int(scale)
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+def overlay(frame, grid_img, crop_box: Mapping[str, float] | None, alpha: float = 0.5) -> np.ndarray:
+    """Blend the patch colours over the crop box of ``frame``; outside the box the frame is unchanged.
+
+    Inside: ``round((1 - alpha) * frame + alpha * colour)`` with the grid
+    block-upscaled to the box size. ``crop_box=None`` means the whole frame.
+    """
+    if not (0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha!r}")
+    frame = _as_rgb(frame, "overlay frame")
+    height, width = frame.shape[:2]
+    if crop_box is None:
+        x0, y0, x1, y1 = 0, 0, width, height
+    else:
+        x0, y0, x1, y1 = crop_box_pixels(crop_box, height, width)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        logger.warning("overlay: crop box %s is empty in a %dx%d frame; nothing coloured", crop_box, height, width)
+        return out
+    patch = upscale_nearest(grid_img, y1 - y0, x1 - x0).astype(np.float64)
+    region = frame[y0:y1, x0:x1].astype(np.float64)
+    alpha = float(alpha)
+    blended = np.rint((1.0 - alpha) * region + alpha * patch)
+    out[y0:y1, x0:x1] = np.clip(blended, 0, 255).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def annotate(image, text: str, *, margin: int = 2, padding: int = 3) -> np.ndarray:
+    """Draw ``text`` (white on a black box, PIL default font) in the top-left corner; returns a new array."""
+    arr = _as_rgb(image, "annotate")
+    pil = Image.fromarray(arr)  # fromarray copies into PIL memory; the input is never modified
+    draw = ImageDraw.Draw(pil)
+    x, y = margin + padding, margin + padding
+    left, top, right, bottom = draw.textbbox((x, y), text)
+    draw.rectangle((left - padding, top - padding, right + padding - 1, bottom + padding - 1), fill=(0, 0, 0))
+    draw.text((x, y), text, fill=(255, 255, 255))
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _stack(images, axis: int, gap: int, name: str) -> np.ndarray:
+    arrays = [_as_rgb(im, f"{name} image {i}") for i, im in enumerate(images)]
+    if not arrays:
+        raise ValueError(f"{name}: need at least one image")
+    if gap < 0:
+        raise ValueError(f"{name}: gap must be >= 0, got {gap}")
+    other = 1 - axis  # the dimension that must agree: width when stacking rows
+    size = max(a.shape[other] for a in arrays)
+    parts = []
+    for i, a in enumerate(arrays):
+        if a.shape[other] < size:
+            # Pad at the end (right/bottom) with black so the top-left corners align.
+            pad = [(0, 0), (0, 0), (0, 0)]
+            pad[other] = (0, size - a.shape[other])
+            a = np.pad(a, pad)
+        if i and gap:
+            shape = [0, 0, 3]
+            shape[axis], shape[other] = gap, size
+            parts.append(np.zeros(shape, np.uint8))
+        parts.append(a)
+    return np.concatenate(parts, axis=axis)
+
+
+def stack_vertical(images: Sequence, gap: int = 0) -> np.ndarray:
+    """Stack RGB images top to bottom, padding narrower ones with black on the right."""
+    return _stack(images, axis=0, gap=gap, name="stack_vertical")
+
+
+def side_by_side(images: Sequence, gap: int = 0) -> np.ndarray:
+    """Place RGB images left to right, padding shorter ones with black at the bottom."""
+    return _stack(images, axis=1, gap=gap, name="side_by_side")
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_png(image, path: str | os.PathLike) -> Path:
+    """Write ``uint8 [H, W, 3]`` as PNG atomically; identical input gives identical bytes."""
+    arr = _as_rgb(image, "write_png")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        # PIL writes no time/text chunks unless asked (pnginfo), and zlib at a
+        # fixed level is deterministic, so equal pixels give equal files.
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=6)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+class VideoWriter:
+    """Stream RGB frames into an MP4 (H.264, yuv420p) or a GIF, published atomically on close.
+
+    ``with VideoWriter(path, fps) as w: w.append(frame)``. Frames go to a
+    hidden temporary file next to ``path`` that replaces ``path`` only when the
+    writer closes cleanly; an exception inside the ``with`` removes it.
+    MP4 frames stream to ffmpeg (nothing kept in memory); odd sizes get one
+    black row/column of padding (H.264 4:2:0 needs even sizes; no rescaling).
+    GIF frames are kept as palette images (1 byte/pixel) until close, since
+    the GIF is written in one go. PIL merges identical consecutive GIF frames,
+    adding their durations.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None):
+        self.path = Path(path)
+        if fmt is None:
+            fmt = self.path.suffix.lstrip(".").lower()
+        fmt = str(fmt).lower()
+        if fmt not in VIDEO_FORMATS:
+            raise ValueError(f"VideoWriter: unknown format {fmt!r} for {self.path}; expected one of {VIDEO_FORMATS}")
+        fps = float(fps)
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"VideoWriter: fps must be positive, got {fps!r}")
+        self.fmt = fmt
+        self.fps = fps
+        self.frame_size: tuple[int, int] | None = None  # (H, W) of appended frames
+        self.num_frames = 0
+        self._tmp: Path | None = None
+        self._gen = None  # imageio-ffmpeg writer generator (mp4)
+        self._gif_frames: list[Image.Image] = []
+        self._closed = False
+
+    # context manager ------------------------------------------------------
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # writing --------------------------------------------------------------
+    def append(self, frame) -> None:
+        """Add one ``uint8 [H, W, 3]`` frame; every frame must have the first frame's size."""
+        if self._closed:
+            raise ValueError(f"VideoWriter: {self.path} is already closed")
+        arr = _as_rgb(frame, "VideoWriter.append")
+        hw = (int(arr.shape[0]), int(arr.shape[1]))
+        if self.frame_size is None:
+            self.frame_size = hw
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = _temp_path(self.path)
+            if self.fmt == "mp4":
+                self._start_ffmpeg()
+        elif hw != self.frame_size:
+            raise ValueError(
+                f"VideoWriter: frame {self.num_frames} has size {hw[0]}x{hw[1]} but the video "
+                f"is {self.frame_size[0]}x{self.frame_size[1]} (HxW)"
+            )
+        if self.fmt == "mp4":
+            self._gen.send(np.ascontiguousarray(self._pad_even(arr)).tobytes())
+        else:
+            # Palette conversion per frame keeps memory at 1 byte/pixel.
+            self._gif_frames.append(Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT))
+        self.num_frames += 1
+
+    def _start_ffmpeg(self) -> None:
+        import imageio_ffmpeg
+
+        h, w = self._padded_size()
+        if (h, w) != self.frame_size:
+            logger.info("VideoWriter: padding %dx%d frames to %dx%d for H.264", *self.frame_size, h, w)
+        self._gen = imageio_ffmpeg.write_frames(
+            str(self._tmp),
+            (w, h),
+            fps=self.fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=1,  # we pad to even ourselves; never let ffmpeg rescale
+            quality=None,
+            ffmpeg_log_level="error",
+            # "-f mp4": the temporary name has no .mp4 suffix to infer the muxer from.
+            output_params=["-crf", str(_MP4_CRF), "-movflags", "+faststart", "-f", "mp4"],
+        )
+        self._gen.send(None)  # prime the generator (starts ffmpeg)
+
+    def _padded_size(self) -> tuple[int, int]:
+        h, w = self.frame_size
+        return h + (h % 2), w + (w % 2)
+
+    def _pad_even(self, arr: np.ndarray) -> np.ndarray:
+        h, w = arr.shape[:2]
+        ph, pw = self._padded_size()
+        if (ph, pw) == (h, w):
+            return arr
+        return np.pad(arr, ((0, ph - h), (0, pw - w), (0, 0)))
+
+    # finishing ------------------------------------------------------------
+    def close(self) -> Path:
+        """Finish the file and move it into place; raises ValueError if no frame was appended."""
+        if self._closed:
+            return self.path
+        if self.num_frames == 0:
+            self.abort()
+            raise ValueError(f"VideoWriter: no frames appended; {self.path} not written")
+        try:
+            if self.fmt == "mp4":
+                gen, self._gen = self._gen, None
+                gen.close()  # closes ffmpeg's stdin and waits for it to finish
+                # imageio-ffmpeg does not report ffmpeg's exit status; an empty file means failure.
+                if not self._tmp.exists() or self._tmp.stat().st_size == 0:
+                    raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
+            else:
+                first, *rest = self._gif_frames
+                first.save(
+                    self._tmp,
+                    format="GIF",
+                    save_all=True,
+                    append_images=rest,
+                    duration=int(round(1000.0 / self.fps)),
+                    loop=0,
+                    disposal=2,
+                )
+                self._gif_frames = []
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        logger.debug("wrote %s (%d frames, %.3g fps)", self.path, self.num_frames, self.fps)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary file; ``path`` is left as it was."""
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            try:
+                gen.close()
+            except Exception as err:  # pragma: no cover - cleanup must not mask the original error
+                logger.warning("VideoWriter: error stopping ffmpeg: %s", err)
+        self._gif_frames = []
+        _remove_quietly(self._tmp)
+        self._tmp = None
+        self._closed = True
