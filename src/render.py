@@ -255,6 +255,11 @@ def write_png(image, path: str | os.PathLike) -> Path:
     return path
 
 
+def gif_frame_duration_ms(fps: float) -> int:
+    """GIF delays are whole centiseconds: the nearest one to 1/fps (8 fps → 130 ms, not a truncated 120)."""
+    return 10 * max(1, math.floor(100.0 / fps + 0.5))
+
+
 class VideoWriter:
     """Stream RGB frames into an MP4 (H.264, yuv420p) or a GIF, published atomically on close.
 
@@ -375,7 +380,7 @@ class VideoWriter:
                     format="GIF",
                     save_all=True,
                     append_images=rest,
-                    duration=int(round(1000.0 / self.fps)),
+                    duration=gif_frame_duration_ms(self.fps),
                     loop=0,
                     disposal=2,
                 )

@@ -1,0 +1,509 @@
+"""Run-wide projections of token features to 3-D and false colours.
+
+One projection (PCA or PCA→UMAP) is fitted once on a token sample drawn from all
+windows of a run, then applied to every token of every window, so a colour means
+the same thing in every frame. Fitting sees only the sample and transforming
+works window by window, so memory does not grow with the number of windows.
+
+Everything is deterministic: the same features and seed give byte-identical colours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("pca", "umap")
+PERCENTILES = (1.0, 99.0)
+# Rows per matmul block in transform: bounds the float64 temporaries.
+_CHUNK_ROWS = 8192
+_NPZ_FORMAT = "vjepa2-projection-pca-v1"
+# UMAP.transform runs 100 epochs for batches of <= 10 000 rows and 30 above;
+# fixed chunks below that keep the schedule the same for every batch size.
+_UMAP_CHUNK_ROWS = 4096
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """A numpy view/copy of an array or torch tensor (any device, any float dtype)."""
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
+    """Flatten leading dimensions: ``[..., D] -> [N, D]``."""
+    if x.ndim < 2:
+        raise ValueError(f"{what}: expected features [N, D], got shape {list(x.shape)}")
+    return x.reshape(-1, x.shape[-1])
+
+
+def _count_tokens(source: Any) -> tuple[int, int]:
+    """``(N, D)`` of one source without materialising a file's features if possible."""
+    if not isinstance(source, (str, os.PathLike)):
+        shape = tuple(source.shape) if hasattr(source, "shape") else np.shape(source)
+        if len(shape) < 2:
+            raise ValueError(f"source: expected features [N, D], got shape {list(shape)}")
+        return int(np.prod(shape[:-1])), int(shape[-1])
+    path = Path(source)
+    try:
+        shape = _file_shape(path)
+    except Exception as exc:  # odd file: fall back to a full load, which reports errors
+        logger.debug("%s: cheap shape read failed (%s); loading fully", path, exc)
+        shape = tuple(_load_source(path).shape)
+    if len(shape) < 2:
+        raise ValueError(f"{path}: expected features [N, D], got shape {list(shape)}")
+    return int(np.prod(shape[:-1])), int(shape[-1])
+
+
+def _file_shape(path: Path) -> tuple[int, ...]:
+    # Header-only reads: safetensors keeps shapes in its header and a zip-format .pt
+    # can be memory-mapped, so counting tokens does not read the feature data.
+    import torch
+
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return tuple(handle.get_slice("features").get_shape())
+    record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return tuple(record["features"].shape)
+
+
+def _load_source(source: Any) -> np.ndarray:
+    if isinstance(source, (str, os.PathLike)):
+        from src.features import load_features
+
+        return _as_2d(_to_numpy(load_features(source)["features"]), str(source))
+    return _as_2d(_to_numpy(source), "source")
+
+
+def _quotas(counts: Sequence[int], sample_size: int) -> list[int]:
+    """Largest-remainder apportionment of ``sample_size`` proportional to ``counts``.
+
+    Integer arithmetic, ties to the earlier source: exact and platform-independent.
+    """
+    total = sum(counts)
+    if total <= sample_size:
+        return list(counts)
+    quotas = [n * sample_size // total for n in counts]
+    remainders = [n * sample_size % total for n in counts]
+    order = sorted(range(len(counts)), key=lambda i: (-remainders[i], i))
+    for i in order[: sample_size - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
+
+
+def sample_tokens(sources: Iterable[Any], sample_size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic token sample ``[M, D]`` float32 from many windows.
+
+    ``sources`` are feature-file paths (``.pt``/``.safetensors``, read with
+    :func:`src.features.load_features`) or arrays/tensors ``[N, D]``.
+
+    Scheme: pass 1 counts tokens per source (file headers only). Source ``i`` gets
+    a fixed quota proportional to its token count (largest remainder, summing to
+    ``sample_size``); pass 2 loads one source at a time and draws its quota without
+    replacement with ``np.random.default_rng([seed, i])``, rows kept in file order.
+    A source's rows thus depend only on the seed, its position and the counts.
+    If the total is ≤ ``sample_size`` every token is taken. Memory: the output
+    plus one source.
+    """
+    sources = list(sources)
+    if sample_size < 1:
+        raise ValueError(f"sample_size must be >= 1, got {sample_size}")
+    if not sources:
+        raise ValueError("sample_tokens: no sources given")
+    shapes = [_count_tokens(s) for s in sources]
+    dims = {d for _, d in shapes}
+    if len(dims) != 1:
+        raise ValueError(f"sample_tokens: sources disagree on feature size D: {sorted(dims)}")
+    dim = dims.pop()
+    quotas = _quotas([n for n, _ in shapes], sample_size)
+
+    sample = np.empty((sum(quotas), dim), dtype=np.float32)
+    row = 0
+    for i, (source, (count, _), quota) in enumerate(zip(sources, shapes, quotas)):
+        if quota == 0:
+            continue  # nothing to draw: do not even read it
+        feats = _load_source(source)
+        if feats.shape[0] != count:
+            raise ValueError(f"source {i}: has {feats.shape[0]} tokens, header said {count}")
+        if quota < count:
+            rng = np.random.default_rng([seed, i])
+            # Sorted indices read in file order (cache-friendly, easy to reason about).
+            feats = feats[np.sort(rng.choice(count, size=quota, replace=False))]
+        sample[row : row + quota] = feats  # casts fp16 -> float32
+        row += quota
+    logger.debug("sampled %d of %d tokens from %d sources", row, sum(n for n, _ in shapes), len(sources))
+    return sample
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+def _fixed_sign(components: np.ndarray) -> np.ndarray:
+    """Flip each row so its largest-magnitude loading is positive.
+
+    An eigenvector's sign is arbitrary and differs between SVD solvers; pinning it
+    makes colours independent of the solver (first index wins an exact tie).
+    """
+    components = np.array(components, dtype=np.float64, copy=True)
+    rows = np.arange(components.shape[0])
+    signs = np.sign(components[rows, np.argmax(np.abs(components), axis=1)])
+    signs[signs == 0] = 1.0
+    return components * signs[:, None]
+
+
+def _fit_pca(sample: np.ndarray, n_components: int, svd_solver: str, seed: int):
+    from sklearn.decomposition import PCA
+
+    # float64 fit: solvers then agree to far below one grey level.
+    pca = PCA(n_components=n_components, svd_solver=svd_solver, random_state=seed)
+    pca.fit(sample.astype(np.float64))
+    return pca.mean_.astype(np.float64), _fixed_sign(pca.components_), pca.explained_variance_ratio_
+
+
+# --------------------------------------------------------------------------- projection
+
+
+class Projection:
+    """A fitted PCA or PCA→UMAP projection with fixed colour scaling.
+
+    Build with :func:`fit_projection`. ``mean``/``components`` are the PCA stage
+    (float64, sign-fixed); ``lo``/``hi`` the per-component 1st/99th percentiles of
+    the fitted sample's projection, used for every later colour.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        mean: np.ndarray,
+        components: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        umap_model: Any = None,
+        params: dict | None = None,
+        explained_variance_ratio: np.ndarray | None = None,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown projection method {method!r} (use {METHODS})")
+        if method == "umap" and umap_model is None:
+            raise ValueError("a UMAP projection needs its fitted umap model")
+        self.method = method
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.components = np.asarray(components, dtype=np.float64)
+        self.lo = np.asarray(lo, dtype=np.float64)
+        self.hi = np.asarray(hi, dtype=np.float64)
+        self.umap_model = umap_model
+        self.params = dict(params or {})
+        self.explained_variance_ratio = (
+            None if explained_variance_ratio is None else np.asarray(explained_variance_ratio)
+        )
+
+    # ----------------------------------------------------------------- basics
+
+    @property
+    def n_features(self) -> int:
+        """Input feature size D."""
+        return int(self.mean.shape[0])
+
+    @property
+    def n_components(self) -> int:
+        """Output dimensions of :meth:`transform`."""
+        return int(self.lo.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Projection(method={self.method!r}, D={self.n_features}, n_components={self.n_components})"
+
+    def _check(self, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        x = _to_numpy(x)
+        if x.ndim < 1 or x.shape[-1] != self.n_features:
+            raise ValueError(
+                f"projection fitted on D={self.n_features}, got features of shape {list(x.shape)}"
+            )
+        return _as_2d(x, "features"), x.shape[:-1]
+
+    def _pca(self, x2d: np.ndarray) -> np.ndarray:
+        """``(x - mean) @ components.T`` in float64 blocks, returned as float32."""
+        out = np.empty((x2d.shape[0], self.components.shape[0]), dtype=np.float32)
+        for start in range(0, x2d.shape[0], _CHUNK_ROWS):
+            block = x2d[start : start + _CHUNK_ROWS].astype(np.float64) - self.mean
+            out[start : start + _CHUNK_ROWS] = block @ self.components.T
+        return out
+
+    def _umap(self, reduced: np.ndarray) -> np.ndarray:
+        """UMAP-transform PCA-reduced rows in fixed-size chunks, each led by the anchor row."""
+        out = np.empty((reduced.shape[0], self.n_components), dtype=np.float32)
+        # Training row 0 is its own exact neighbour at distance 0, i.e. weight 1 (see
+        # _pin_umap_transform); leading every chunk with it pins the batch maximum.
+        anchor = self.umap_model._raw_data[:1]
+        for start in range(0, reduced.shape[0], _UMAP_CHUNK_ROWS):
+            block = np.concatenate([anchor, reduced[start : start + _UMAP_CHUNK_ROWS]])
+            out[start : start + _UMAP_CHUNK_ROWS] = _umap_call(self.umap_model, block)[1:]
+        return out
+
+    # ----------------------------------------------------------------- public
+
+    def transform(self, x: Any) -> np.ndarray:
+        """Project features ``[..., D]`` (array or tensor, any float dtype) to float32 ``[..., k]``."""
+        x2d, lead = self._check(x)
+        if x2d.shape[0] == 0:
+            return np.empty((*lead, self.n_components), dtype=np.float32)
+        proj = self._pca(x2d)
+        if self.method == "umap":
+            proj = self._umap(proj)
+        return proj.reshape(*lead, self.n_components)
+
+    def scale(self, proj: np.ndarray) -> np.ndarray:
+        """``clip((proj - lo) / (hi - lo), 0, 1)`` with the fit-time lo/hi (float64)."""
+        proj = np.asarray(proj, dtype=np.float64)
+        k = proj.shape[-1]
+        span = self.hi[:k] - self.lo[:k]
+        span = np.where(span > 0, span, 1.0)  # constant component: avoid 0/0
+        return np.clip((proj - self.lo[:k]) / span, 0.0, 1.0)
+
+    def to_rgb(self, proj: np.ndarray) -> np.ndarray:
+        """uint8 ``[..., 3]`` from the first three projected components."""
+        proj = np.asarray(proj)
+        if proj.shape[-1] < 3:
+            raise ValueError(f"to_rgb needs 3 components, got {proj.shape[-1]}")
+        return np.rint(self.scale(proj[..., :3]) * 255.0).astype(np.uint8)
+
+    def pca_turbo(self, proj: np.ndarray) -> np.ndarray:
+        """uint8 ``[..., 3]``: component 1, scaled by its fit-time lo/hi, through "turbo"."""
+        t = self.scale(np.asarray(proj)[..., :1])[..., 0]
+        return _turbo_lut()[np.rint(t * 255.0).astype(np.intp)]
+
+    def colors(self, x: Any) -> np.ndarray:
+        """False colours uint8 ``[..., 3]`` for features ``[..., D]``."""
+        return self.to_rgb(self.transform(x))
+
+    def turbo_colors(self, x: Any) -> np.ndarray:
+        """Turbo colours uint8 ``[..., 3]`` of component 1 (meant for PCA; works for UMAP too)."""
+        return self.pca_turbo(self.transform(x))
+
+    # ----------------------------------------------------------------- persistence
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a PCA projection as ``.npz`` (no pickle). UMAP is not supported."""
+        if self.method != "pca":
+            # A fitted UMAP (search index, numba closures) can only be pickled,
+            # and pickle must never be loaded from disk; refit instead.
+            raise NotImplementedError("saving a UMAP projection needs pickle; refit it from a sample")
+        path = Path(path)
+        with open(path, "wb") as handle:  # a handle: np.savez would append ".npz"
+            np.savez(
+                handle,
+                format=np.array(_NPZ_FORMAT),
+                method=np.array(self.method),
+                mean=self.mean,
+                components=self.components,
+                lo=self.lo,
+                hi=self.hi,
+                explained_variance_ratio=(
+                    np.array([]) if self.explained_variance_ratio is None else self.explained_variance_ratio
+                ),
+                params=np.array(json.dumps(self.params)),
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Projection":
+        """Read a projection written by :meth:`save`."""
+        path = Path(path)
+        with np.load(path, allow_pickle=False) as data:
+            if "format" not in data or str(data["format"]) != _NPZ_FORMAT:
+                raise ValueError(f"{path}: not a saved projection")
+            evr = data["explained_variance_ratio"]
+            return cls(
+                method=str(data["method"]),
+                mean=data["mean"],
+                components=data["components"],
+                lo=data["lo"],
+                hi=data["hi"],
+                params=json.loads(str(data["params"])),
+                explained_variance_ratio=evr if evr.size else None,
+            )
+
+
+def _umap_call(model: Any, x: np.ndarray) -> np.ndarray:
+    """``model.transform(x)`` as float32, on one numba thread."""
+    import numba
+
+    # A seeded UMAP is meant to run single-threaded; transform does not enforce
+    # that itself (fit restores the thread count), so do it here.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            return np.asarray(model.transform(x), dtype=np.float32)
+    finally:
+        numba.set_num_threads(threads)
+
+
+class _ExactKNN:
+    """Exact nearest neighbours, standing in for UMAP's pynndescent search index.
+
+    pynndescent's query shares one RNG state across the query batch, so a
+    token's neighbours can depend on its batch-mates; an exact brute-force search
+    (cheap: a few thousand queries against a ~10^4 x 50 sample) is per-row.
+    """
+
+    METRICS = ("cosine", "euclidean")
+    _angular_trees = False  # read by UMAP.transform only to pick a search epsilon
+
+    def __init__(self, data: np.ndarray, metric: str):
+        if metric not in self.METRICS:
+            raise ValueError(f"exact search supports {self.METRICS}, not {metric!r}")
+        self.metric = metric
+        self.data = np.asarray(data, dtype=np.float32)
+        data64 = self.data.astype(np.float64)
+        norms = np.linalg.norm(data64, axis=1)
+        if metric == "cosine":
+            self._ref = data64 / np.where(norms > 0, norms, 1.0)[:, None]
+        else:
+            self._ref = data64
+            self._sq = norms**2
+
+    def query(self, x: np.ndarray, k: int, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float32)
+        k = min(k, self.data.shape[0])
+        indices = np.empty((x.shape[0], k), dtype=np.int32)
+        dists = np.empty((x.shape[0], k), dtype=np.float32)
+        for start in range(0, x.shape[0], 1024):  # bounds the [rows, M] float64 block
+            q = x[start : start + 1024].astype(np.float64)
+            norms = np.linalg.norm(q, axis=1)
+            if self.metric == "cosine":
+                dist = 1.0 - (q / np.where(norms > 0, norms, 1.0)[:, None]) @ self._ref.T
+            else:
+                dist = np.sqrt(np.maximum(norms[:, None] ** 2 + self._sq - 2.0 * q @ self._ref.T, 0.0))
+            dist = np.maximum(dist, 0.0)
+            idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
+            part = np.take_along_axis(dist, idx, axis=1)
+            order = np.lexsort((idx, part), axis=1)  # by distance, ties by index
+            idx = np.take_along_axis(idx, order, axis=1)
+            part = np.take_along_axis(part, order, axis=1)
+            # Rounding must not keep a token away from its own copy in the sample.
+            same = (x[start : start + 1024] == self.data[idx[:, 0]]).all(axis=1)
+            part[same, 0] = 0.0
+            indices[start : start + 1024] = idx
+            dists[start : start + 1024] = part
+        return indices, dists
+
+
+def _pin_umap_transform(model: Any, metric: str) -> None:
+    """Make ``model.transform`` per-token: a token's result ignores its batch-mates.
+
+    Three things in umap-learn 0.5 couple a batch: (1) the fit input's hash makes
+    ``transform`` return the training embedding instead of transforming; (2) the
+    approximate neighbour search shares an RNG across queries; (3) edge weights
+    are normalised by the batch maximum (and edges under max/n_epochs dropped).
+    We clear the hash, swap in an exact search, and (in ``Projection._umap``)
+    lead every chunk with training row 0, whose weight to itself is exactly 1,
+    the largest possible, so the maximum is always 1.
+    """
+    model._input_hash = None
+    if metric in _ExactKNN.METRICS:
+        model._knn_search_index = _ExactKNN(model._raw_data, metric)
+        model._small_data = False  # route transform through the search index
+    else:
+        logger.warning("metric %r: approximate UMAP neighbour search; colours may depend "
+                       "slightly on how tokens are batched", metric)
+
+
+_TURBO: np.ndarray | None = None
+
+
+def _turbo_lut() -> np.ndarray:
+    """matplotlib's 256-entry "turbo" table as uint8 ``[256, 3]``."""
+    global _TURBO
+    if _TURBO is None:
+        import matplotlib
+
+        rgba = matplotlib.colormaps["turbo"](np.arange(256))
+        _TURBO = np.rint(rgba[:, :3] * 255.0).astype(np.uint8)
+    return _TURBO
+
+
+def fit_projection(
+    sample: Any,
+    method: str = "umap",
+    n_components: int = 3,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    metric: str = "cosine",
+    pca_dim: int = 50,
+    seed: int = 0,
+    svd_solver: str = "full",
+) -> Projection:
+    """Fit a projection on a token sample ``[M, D]`` (e.g. from :func:`sample_tokens`).
+
+    ``pca``: ``n_components`` sign-fixed principal components. ``umap``: PCA to
+    ``min(pca_dim, D, M)`` dims, then UMAP to ``n_components`` (seeded, so
+    single-threaded and reproducible). Colour scaling (1st/99th percentiles of
+    the sample's projection) is fixed here. ``svd_solver`` goes to sklearn's PCA.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown projection method {method!r} (use {METHODS})")
+    sample = _as_2d(_to_numpy(sample), "sample").astype(np.float32, copy=False)
+    m, d = sample.shape
+    if m < 2:
+        raise ValueError(f"need at least 2 sample tokens to fit, got {m}")
+    params = {
+        "method": method, "n_components": n_components, "seed": seed, "svd_solver": svd_solver,
+        "sample_size": m,
+    }
+
+    if method == "pca":
+        if not 1 <= n_components <= min(m, d):
+            raise ValueError(f"n_components={n_components} must be in 1..{min(m, d)}")
+        mean, components, evr = _fit_pca(sample, n_components, svd_solver, seed)
+        proj = Projection("pca", mean, components, np.zeros(n_components), np.ones(n_components))
+        embedding = proj._pca(sample)
+        umap_model = None
+    else:
+        import umap
+
+        pca_dim = min(pca_dim, d, m)
+        if svd_solver == "arpack":  # arpack cannot compute all components
+            pca_dim = min(pca_dim, min(m, d) - 1)
+        mean, components, evr = _fit_pca(sample, pca_dim, svd_solver, seed)
+        reducer = Projection("pca", mean, components, np.zeros(pca_dim), np.ones(pca_dim))
+        reduced = reducer._pca(sample)
+        if n_neighbors > m - 1:
+            logger.warning("n_neighbors=%d > sample size - 1; using %d", n_neighbors, m - 1)
+            n_neighbors = m - 1
+        umap_model = umap.UMAP(
+            n_components=n_components,
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            metric=metric,
+            random_state=seed,
+            transform_seed=seed,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            umap_model.fit(reduced)
+        _pin_umap_transform(umap_model, metric)
+        embedding = np.asarray(umap_model.embedding_, dtype=np.float32)
+        params.update(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, pca_dim=pca_dim)
+
+    lo, hi = np.percentile(embedding.astype(np.float64), PERCENTILES, axis=0)
+    logger.debug("fitted %s projection on %d x %d sample", method, m, d)
+    return Projection(method, mean, components, lo, hi, umap_model, params, evr)

@@ -1,0 +1,154 @@
+"""Feature files → colour grids per temporal token → pictures aligned with their source frames.
+
+Shared by `visualize_embeddings.py` (PNGs for given feature files) and `vjepa2_pipeline.py`
+(PNGs + animations for a run). The token grid, temporal mapping and crop box come from each
+file's metadata: nothing is re-derived or hard-coded here.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from src.features import load_chunk, load_features
+from src.frames import VideoReader, load_image
+from src.projection import Projection, fit_projection, sample_tokens
+from src.render import annotate, overlay, projection_image, token_colors_to_grids, write_png
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("umap", "pca")
+
+
+@dataclass
+class FeatureItem:
+    """One unit of features with what is needed to draw it: a window or one image of a chunk."""
+
+    name: str
+    features: torch.Tensor  # [N, D]
+    metadata: dict
+    grid: tuple[int, int, int]
+
+
+def iter_feature_items(paths: list[Path]) -> Iterator[FeatureItem]:
+    """Window files (.pt / .safetensors) and image chunk files, one item at a time (streamed)."""
+    for path in paths:
+        path = Path(path)
+        record = _load_any(path)
+        if "features" in record:
+            meta = record.get("metadata", {})
+            yield FeatureItem(path.stem, record["features"], meta, _grid_of(record, path))
+        else:  # chunk: {relative_path: {"features", "metadata"}}
+            for rel, entry in record.items():
+                yield FeatureItem(rel, entry["features"], entry.get("metadata", {}), _grid_of(entry, path))
+
+
+def _load_any(path: Path) -> dict:
+    """A window record, or else an image chunk (both load memory-mapped, so trying is cheap)."""
+    try:
+        return load_features(path)
+    except ValueError:
+        if path.suffix == ".safetensors":
+            raise
+        return load_chunk(path)
+
+
+def _grid_of(record: dict, path: Path) -> tuple[int, int, int]:
+    meta = record.get("metadata", {})
+    grid = meta.get("grid")
+    if grid is None:  # older files: from model_info, as the seed format records it
+        info = record.get("model_info") or meta.get("model_info") or {}
+        if "num_output_temporal" in info and "spatial_patches" in info:
+            sp = info["spatial_patches"]
+            hp, wp = (sp, sp) if isinstance(sp, int) else sp
+            grid = (info["num_output_temporal"], hp, wp)
+    if grid is None:
+        raise ValueError(f"{path}: no token grid in the metadata (need metadata.grid or model_info)")
+    tp, hp, wp = (int(g) for g in grid)
+    if tp * hp * wp != record["features"].shape[0]:
+        raise ValueError(f"{path}: grid {tp}×{hp}×{wp} does not match {record['features'].shape[0]} tokens")
+    return tp, hp, wp
+
+
+def fit_projections(paths: list[Path], methods: list[str], sample_size: int, seed: int, n_neighbors: int = 15,
+                    min_dist: float = 0.1, metric: str = "cosine") -> dict[str, Projection]:
+    """One projection per method, fitted once on a deterministic sample of all tokens of the run."""
+    sample = sample_tokens([item.features for item in iter_feature_items(paths)], sample_size, seed=seed)
+    logger.info("fitting %s on %d sampled tokens of %d dims", "+".join(methods), *sample.shape)
+    projections = {}
+    for method in methods:
+        projections[method] = fit_projection(sample, method=method, n_neighbors=n_neighbors, min_dist=min_dist,
+                                             metric=metric, seed=seed)
+    return projections
+
+
+def token_grids(item: FeatureItem, projection: Projection) -> np.ndarray:
+    """`[Tp, Hp, Wp, 3]` uint8 colours: UMAP → RGB of its 3 components; PCA → component 1 via turbo."""
+    features = item.features.float().numpy()
+    colors = projection.turbo_colors(features) if projection.method == "pca" else projection.colors(features)
+    return token_colors_to_grids(colors, item.grid)
+
+
+class FrameSource:
+    """Source frames of an item, from its metadata: frame files, a video, or one image."""
+
+    def __init__(self, image_root: Path | None = None):
+        self.image_root = image_root
+        self._video: VideoReader | None = None
+
+    def frames(self, item: FeatureItem) -> tuple[list[int], list[np.ndarray]]:
+        """(frame ids, frames) of the real (unpadded) positions of the item, in order."""
+        meta = item.metadata
+        real = len(meta.get("frame_numbers", [])) - int(meta.get("num_padded_frames", 0))
+        if meta.get("source_type") == "video":
+            path = Path(meta["video_path"])
+            if self._video is None or self._video.path != path:
+                if self._video is not None:
+                    self._video.close()
+                self._video = VideoReader(path)
+            ids = meta["frame_numbers"][:real]
+            return ids, list(self._video.get_frames(ids))
+        if meta.get("frame_files"):
+            ids = meta["frame_numbers"][:real]
+            return ids, [load_image(p) for p in meta["frame_files"][:real]]
+        if meta.get("source"):  # an image of a chunk file
+            path = Path(meta["source"])
+            if not path.is_absolute() and self.image_root is not None:
+                path = self.image_root / path
+            return [0], [load_image(path)]
+        raise ValueError(f"{item.name}: metadata names no source frames")
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
+
+def frame_label(meta: dict, frame_id: int, position: int) -> str:
+    """'frame N' (frame folders) or 'frame N  t=S.SSs' (videos) for annotations."""
+    if meta.get("source_type") == "video":
+        return f"frame {frame_id}  t={meta['timestamps'][position]:.2f}s"
+    return f"frame {frame_id}"
+
+
+def write_token_pictures(item: FeatureItem, grids: np.ndarray, ids: list[int], frames: list[np.ndarray],
+                         out: Path, method: str, alpha: float, with_overlay: bool = True,
+                         annotate_frames: bool = False) -> list[Path]:
+    """Per temporal token: `<method>_projection/<item>_tNN.png`, and its overlay on the token's first
+    source frame in `<method>_overlay/` (placed on the crop box the features cover)."""
+    written = []
+    safe_name = item.name.replace("/", "__")
+    for t in range(grids.shape[0]):
+        written.append(write_png(projection_image(grids[t]), out / f"{method}_projection" / f"{safe_name}_t{t:02d}.png"))
+        if not with_overlay:
+            continue
+        first = min(2 * t, len(frames) - 1)  # a still image: every token overlays the same frame
+        picture = overlay(frames[first], grids[t], item.metadata.get("crop_box"), alpha)
+        if annotate_frames:
+            picture = annotate(picture, frame_label(item.metadata, ids[first], first))
+        written.append(write_png(picture, out / f"{method}_overlay" / f"{safe_name}_t{t:02d}.png"))
+    return written

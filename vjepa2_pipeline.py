@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Frames (or a video) → V-JEPA 2 features → one UMAP/PCA projection for the run → pictures → videos → package.
+
+    python vjepa2_pipeline.py --frame_dir examples/frames --output_dir outputs/example --model random:vit_large \
+        --umap_visualization --pca_visualization --video_animation --mp4 --gif --annotate
+
+Extraction runs in-process (the sequential extractor, resumable); one projection per method is
+fitted once on a sample of all tokens of the run, so colours agree across windows and time; every
+source frame becomes exactly one animation frame, its token's colours overlaid on the centre-crop
+region the features cover. Output: features/, <method>_projection/, <method>_overlay/, original/,
+videos/, package/ (metadata.json + the files) and <name>_package.zip.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from src import cli, sharding
+from src.frames import DEFAULT_FRAME_PATTERN
+from src.package import library_versions, write_package
+from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
+from src.visualize import (
+    FrameSource, fit_projections, frame_label, iter_feature_items, token_grids, write_token_pictures,
+)
+from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+
+logger = logging.getLogger("vjepa2_pipeline")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input and extraction")
+    src.add_argument("--frame_dir", default=None, help="folder of numbered frames")
+    src.add_argument("--video", default=None, help="a video file instead of a frame folder")
+    src.add_argument("--output_dir", required=True)
+    src.add_argument("--first_frame", type=int, default=None)
+    src.add_argument("--last_frame", type=int, default=None)
+    src.add_argument("--frame_pattern", default=DEFAULT_FRAME_PATTERN)
+    src.add_argument("--frame_step", type=int, default=1, help="video: use every n-th frame")
+    src.add_argument("--window", type=int, default=16)
+    src.add_argument("--stride", type=int, default=None, help="frames between windows (default: window)")
+    src.add_argument("--batch_size", type=int, default=1)
+    src.add_argument("--num_workers", type=int, default=None)
+    src.add_argument("--allow_gaps", action="store_true")
+    vis = p.add_argument_group("pictures")
+    vis.add_argument("--umap_visualization", action="store_true", help="UMAP PNGs per temporal token")
+    vis.add_argument("--pca_visualization", action="store_true", help="PCA (component 1, turbo) PNGs per token")
+    vis.add_argument("--original_images", action="store_true", help="also save the source frames as PNG")
+    vis.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    vis.add_argument("--annotate", action="store_true", help="frame number / time on each frame")
+    vis.add_argument("--umap_sample", type=int, default=20000, help="tokens sampled to fit the projection")
+    vis.add_argument("--n_neighbors", type=int, default=15)
+    vis.add_argument("--min_dist", type=float, default=0.1)
+    vis.add_argument("--metric", default="cosine")
+    vis.add_argument("--seed", type=int, default=0)
+    vid = p.add_argument_group("videos")
+    vid.add_argument("--video_animation", action="store_true", help="make videos (UMAP and PCA if none chosen)")
+    vid.add_argument("--video_umap_visualization", action="store_true")
+    vid.add_argument("--video_pca_visualization", action="store_true")
+    vid.add_argument("--video_stacked_visualization", action="store_true", help="original above, overlays below")
+    vid.add_argument("--no_independent_videos", action="store_true", help="one side-by-side video of all views")
+    vid.add_argument("--video_fps", type=float, default=None, help="default: the video's fps/frame_step, else 10")
+    vid.add_argument("--mp4", action="store_true", help="H.264 MP4 (default if neither --mp4 nor --gif)")
+    vid.add_argument("--gif", action="store_true")
+    pkg = p.add_argument_group("package")
+    pkg.add_argument("--no_embeddings", action="store_true", help="leave the feature files out of the package")
+    return p
+
+
+def plan(args) -> dict:
+    """Which methods, pictures, video views and formats the flags ask for (defaults filled in)."""
+    videos = {"umap": args.video_umap_visualization, "pca": args.video_pca_visualization,
+              "stacked": args.video_stacked_visualization}
+    if args.video_animation and not any(videos.values()):
+        videos["umap"] = videos["pca"] = True
+    views = [v for v, on in videos.items() if on]
+    pngs = [m for m, on in (("umap", args.umap_visualization), ("pca", args.pca_visualization)) if on]
+    if not pngs and not views:
+        pngs = ["umap", "pca"]
+    methods = sorted({*pngs, *(m for m in ("umap", "pca") if videos[m])}, key=("umap", "pca").index)
+    if videos["stacked"] and not methods:
+        methods = ["umap"]
+    formats = [f for f, on in (("mp4", args.mp4), ("gif", args.gif)) if on] or ["mp4"]
+    return {"methods": methods, "pngs": pngs, "views": views, "formats": formats if views else []}
+
+
+def check_args(args) -> None:
+    if bool(args.frame_dir) == bool(args.video):
+        raise cli.UsageError("give exactly one of --frame_dir or --video")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise cli.UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.video_fps is not None and args.video_fps <= 0:
+        raise cli.UsageError(f"--video_fps must be positive, got {args.video_fps}")
+    if args.umap_sample < 10:
+        raise cli.UsageError(f"--umap_sample must be at least 10, got {args.umap_sample}")
+
+
+def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, args, fps: float) -> list[Path]:
+    """Stream windows: PNGs per temporal token, one animation frame per source frame."""
+    written: list[Path] = []
+    source = FrameSource()
+    emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
+    with ExitStack() as stack:
+        writers: dict[str, list[VideoWriter]] = {}
+        names = ["combined"] if args.no_independent_videos and todo["views"] else todo["views"]
+        for name in names:
+            writers[name] = []
+            for fmt in todo["formats"]:
+                path = out / "videos" / f"{name}.{fmt}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
+                written.append(path)
+        for item in iter_feature_items(feature_files):
+            meta = item.metadata
+            grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
+            ids, frames = source.frames(item)
+            box = meta["crop_box"]
+            for m in todo["pngs"]:
+                written += write_token_pictures(item, grids[m], ids, frames, out, m, args.alpha,
+                                                annotate_frames=args.annotate)
+            for pos, (frame_id, frame) in enumerate(zip(ids, frames)):
+                if frame_id in emitted:
+                    continue
+                emitted.add(frame_id)
+                label = frame_label(meta, frame_id, pos) if args.annotate else None
+                original = annotate(frame, label) if label else frame
+                if args.original_images:
+                    written.append(write_png(original, out / "original" / f"frame_{frame_id:06d}.png"))
+                if not writers:
+                    continue
+                t = pos // 2  # each temporal token covers 2 source frames
+                overlays = {m: overlay(frame, grids[m][t], box, args.alpha) for m in todo["methods"]}
+                if label:
+                    overlays = {m: annotate(img, f"{m.upper()}  {label}") for m, img in overlays.items()}
+                views = {m: overlays[m] for m in ("umap", "pca") if m in todo["views"]}
+                if "stacked" in todo["views"]:
+                    views["stacked"] = stack_vertical([original, side_by_side(list(overlays.values()))])
+                if "combined" in writers:
+                    composed = {"combined": side_by_side(list(views.values()))}
+                else:
+                    composed = views
+                for name, image in composed.items():
+                    for writer in writers[name]:
+                        writer.append(image)
+    source.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cli.setup_logging(args.debug)
+    check_args(args)
+    todo = plan(args)
+    out = Path(args.output_dir)
+    timings = {}
+
+    start = time.perf_counter()
+    extractor = SequentialVJEPA2Extractor(
+        model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
+        window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
+        frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
+    )
+    if args.frame_dir:
+        if not Path(args.frame_dir).is_dir():
+            raise FileNotFoundError(f"{args.frame_dir}: frame directory not found")
+        summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
+    else:
+        summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step)
+    timings["extraction_s"] = time.perf_counter() - start
+    feature_files = [p for p in summary["outputs"] if p.exists()]
+    if not feature_files:
+        raise cli.UsageError(f"no windows could be extracted from {args.frame_dir or args.video}")
+
+    start = time.perf_counter()
+    projections = fit_projections(feature_files, todo["methods"], args.umap_sample, args.seed,
+                                  args.n_neighbors, args.min_dist, args.metric)
+    timings["projection_fit_s"] = time.perf_counter() - start
+
+    first_meta = next(iter_feature_items(feature_files[:1])).metadata
+    fps = args.video_fps or (first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0)
+    start = time.perf_counter()
+    pictures = render(feature_files, projections, todo, out, args, fps)
+    timings["render_s"] = time.perf_counter() - start
+
+    files = {str(p.relative_to(out)): p for p in pictures}
+    if not args.no_embeddings:
+        files.update({f"features/{p.name}": p for p in feature_files})
+    metadata = {
+        "inputs": {"frame_dir": args.frame_dir, "video": args.video, "first_frame": args.first_frame,
+                   "last_frame": args.last_frame, "frame_step": args.frame_step},
+        "model": args.model, "model_info": extractor.encoder.describe(args.window),
+        "random_weights": extractor.encoder.model.is_random,
+        "flags": {k: v for k, v in vars(args).items()}, "plan": todo, "video_fps": fps,
+        "windows": {"total": summary["windows"], "written": summary["ok"], "skipped": summary["skipped"],
+                    "failed": summary["failed"]},
+        "library_versions": library_versions(), "timings_s": timings,
+    }
+    write_package(out / "package", files, metadata, zip_path=out / f"{out.name}_package.zip")
+    print(f"pipeline done: {summary['ok'] + summary['skipped']} windows, {len(pictures)} pictures/videos, "
+          f"package {out / 'package'} and {out / f'{out.name}_package.zip'}")
+    if extractor.encoder.model.is_random:
+        print("NOTE: random-weight model: the colours show random features, not V-JEPA 2's.")
+    return cli.EXIT_PARTIAL if summary["failed"] else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
