@@ -125,16 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     classes = load_class_names(args.classes) if args.probe else None
     video = find_video(args.video)
 
+    if args.probe and not args.pt_model:
+        raise cli.UsageError("--probe needs --pt_model (the probe classifies our encoder's features)")
     hf_model = None if args.hf_model.lower() == "none" else load_hf_model(args.hf_model, device)
     crop = args.img_size or (hf_model.config.crop_size if hf_model is not None else 256)
+    ours = probe = None
+    if args.pt_model:
+        ours = load_encoder(args.pt_model, img_size=crop, num_frames=args.num_frames,
+                            checkpoint_key=args.checkpoint_key, device=device)
+    if args.probe:  # every check before any video is decoded or any model is run
+        probe = load_classifier(args.probe, device=device)
+        if probe.embed_dim != ours.embed_dim:
+            raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
+        if probe.num_classes != len(classes):
+            raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
+
     frames = read_clip(video, args.num_frames)
     clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]
     print(f"Video: {video} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}), crop {crop}")
 
-    ours, features = None, None
-    if args.pt_model:
-        ours = load_encoder(args.pt_model, img_size=crop, num_frames=args.num_frames,
-                            checkpoint_key=args.checkpoint_key, device=device)
+    features = None
+    if ours is not None:
         with torch.inference_mode():
             features = ours(clip)
         print(f"Ours features: {tuple(features.shape)}")
@@ -150,14 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Close: False (shapes differ: {tuple(features.shape)} vs {tuple(hf_features.shape)})")
         compare_with_hf_processor(frames, clip.cpu(), crop)
 
-    if args.probe:
-        if features is None:
-            raise cli.UsageError("--probe needs --pt_model (the probe classifies our encoder's features)")
-        probe = load_classifier(args.probe, device=device)
-        if probe.embed_dim != ours.embed_dim:
-            raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
-        if probe.num_classes != len(classes):
-            raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
+    if probe is not None:
         with torch.inference_mode():
             probs = probe(features).softmax(dim=-1)[0]  # over all classes, then the top 5
         top = probs.topk(5)

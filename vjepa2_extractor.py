@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src import cli, features, frames, sharding
 from src.inference import ClipEncoder
+from src.windows import check_frame_size
 
 logger = logging.getLogger("vjepa2_extractor")
 
@@ -169,10 +170,11 @@ class ImageDataset(Dataset):
     preprocessed, ``(i, "error message", None)``: a bad file must not stop the run.
     """
 
-    def __init__(self, root: str | os.PathLike, rel_paths: Sequence[str], preprocess: Callable):
+    def __init__(self, root: str | os.PathLike, rel_paths: Sequence[str], preprocess: Callable, min_side: int = 1):
         self.root = Path(root)
         self.rel_paths = list(rel_paths)
         self.preprocess = preprocess
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.rel_paths)
@@ -181,6 +183,7 @@ class ImageDataset(Dataset):
         path = self.root / self.rel_paths[i]
         try:
             image = frames.load_image(path)
+            check_frame_size(image.shape[0], image.shape[1], self.min_side, name="image")
             frame = self.preprocess(image[None])
             return i, frame, (int(image.shape[0]), int(image.shape[1]))
         except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
@@ -290,19 +293,6 @@ def remove_own_temp_files(output_dir: Path, shard_index: int, num_shards: int) -
                 pass
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create ``output_dir`` and make sure files can be written there (UsageError if not)."""
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise cli.UsageError(f"--output_dir {out}: cannot create or write there ({exc.strerror or exc})") from None
-    return out
-
-
 @dataclass
 class ExtractionSummary:
     done: int = 0
@@ -378,44 +368,60 @@ def extract_directory(
                 logger.debug("%s complete; skipped %d images", name, len(group))
                 continue
 
-            chunk: dict[str, dict] = {}
-            loader = make_loader(ImageDataset(image_dir, group, encoder.transform), batch_size, num_workers,
-                                 str(encoder.device))
-            for batch in loader:
-                for i, error in batch["errors"]:
-                    logger.error("%s: %s", group[i], error)
-                    manifest.record(group[i], None, "failed", error=error, extra=extra)
-                    summary.failed += 1
-                if batch["frames"] is not None:
-                    out = encode_frames(encoder, batch["frames"], image_frames)
-                    for j, (i, (h, w)) in enumerate(zip(batch["index"], batch["sizes"])):
-                        rel = group[i]
-                        chunk[rel] = {
-                            "features": out[j],
-                            "metadata": {
-                                "source": rel,
-                                "image_size": [h, w],
-                                "crop_box": encoder.crop_box(h, w),
-                                "image_frames": image_frames,
-                                "grid": [tp, hp, wp],
-                                "model_info": model_info,
-                            },
-                        }
-                bar.update(len(batch["index"]) + len(batch["errors"]))
-            if chunk:
-                features.save_chunk(chunk, path)
-                for rel in chunk:
-                    manifest.record(rel, name, "ok", extra=extra)
-                summary.done += len(chunk)
-                summary.chunks_written += 1
-                logger.debug("wrote %s (%d images)", name, len(chunk))
-            else:
-                logger.warning("%s: every image of this chunk failed; no file written", name)
-            del chunk
+            with features.claim_output(path) as mine:
+                if not mine or (not overwrite and _existing_chunk_keys(path, group, config) is not None):
+                    # another process (e.g. a resubmitted array task) has it or just finished it
+                    for rel in group:
+                        manifest.record(rel, name, "skipped", error="written by another process", extra=extra)
+                    summary.skipped += len(group)
+                    summary.chunks_skipped += 1
+                    bar.update(len(group))
+                    continue
+                _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers,
+                              manifest, extra, summary, bar, model_info)
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers, manifest, extra,
+                  summary, bar, model_info) -> None:
+    """Decode, encode and save one chunk (the caller holds its claim)."""
+    tp, hp, wp = encoder.grid(image_frames)
+    chunk: dict[str, dict] = {}
+    loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batch_size, num_workers,
+                         str(encoder.device))
+    for batch in loader:
+        for i, error in batch["errors"]:
+            logger.error("%s: %s", group[i], error)
+            manifest.record(group[i], None, "failed", error=error, extra=extra)
+            summary.failed += 1
+        if batch["frames"] is not None:
+            out = encode_frames(encoder, batch["frames"], image_frames)
+            for j, (i, (h, w)) in enumerate(zip(batch["index"], batch["sizes"])):
+                rel = group[i]
+                chunk[rel] = {
+                    "features": out[j],
+                    "metadata": {
+                        "source": rel,
+                        "image_size": [h, w],
+                        "crop_box": encoder.crop_box(h, w),
+                        "image_frames": image_frames,
+                        "grid": [tp, hp, wp],
+                        "model_info": model_info,
+                    },
+                }
+        bar.update(len(batch["index"]) + len(batch["errors"]))
+    if chunk:
+        features.save_chunk(chunk, path)
+        for rel in chunk:
+            manifest.record(rel, name, "ok", extra=extra)
+        summary.done += len(chunk)
+        summary.chunks_written += 1
+        logger.debug("wrote %s (%d images)", name, len(chunk))
+    else:
+        logger.warning("%s: every image of this chunk failed; no file written", name)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -472,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if args.recursive else " (add --recursive to search subfolders)")
         )
     mine = sharding.select_shard(all_images, shard_index, num_shards)
-    output_dir = check_output_dir(args.output_dir)
+    output_dir = cli.check_output_dir(args.output_dir)
     others = sorted({p.name.split("_chunk")[0] for p in output_dir.glob(CHUNK_GLOB)}
                     - {chunk_name(shard_index, num_shards, 0).split("_chunk")[0]})
     if any(not o.endswith(f"of{num_shards:03d}") for o in others):

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.debug)
     check_args(args)
     todo = plan(args)
-    out = Path(args.output_dir)
+    out = cli.check_output_dir(args.output_dir)
     timings = {}
 
     start = time.perf_counter()

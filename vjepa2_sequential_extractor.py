@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from src import cli, sharding
-from src.features import Manifest, is_complete, save_features
+from src.features import Manifest, OutputWriteError, claim_output, is_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
 from src.inference import ClipEncoder
 from src.models.weights import DEFAULT_HUB_MODEL
@@ -101,8 +102,10 @@ class SequentialVJEPA2Extractor:
             if not self.allow_gaps:
                 raise cli.UsageError(message + " (pass --allow_gaps to proceed over them)")
             logger.warning("%s; proceeding (--allow_gaps)", message)
+        self._check_length(len(frames), f"{frame_dir}: {len(frames)} frames")
         windows = plan_windows(len(frames), self.window, stride or self.stride, self.tail)
-        dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.preprocess)
+        dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.preprocess,
+                                     min_side=self.encoder.model.patch_size)
 
         def metadata(window, image_hw):
             used = [frames[p] for p in window.positions]
@@ -131,8 +134,10 @@ class SequentialVJEPA2Extractor:
             indices = list(range(0, reader.num_frames, frame_step))
             fps = reader.fps
             timestamps = reader.timestamps(indices)
+        self._check_length(len(indices), f"{video_path}: {len(indices)} frames (frame_step {frame_step})")
         windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
-        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.preprocess, backend=backend)
+        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.preprocess, backend=backend,
+                                     min_side=self.encoder.model.patch_size)
 
         def metadata(window, image_hw):
             used = [indices[p] for p in window.positions]
@@ -149,6 +154,10 @@ class SequentialVJEPA2Extractor:
             }
 
         return self._extract(str(video_path), windows, dataset, Path(output_dir), metadata, batch_size)
+
+    def _check_length(self, available: int, what: str) -> None:
+        if available < self.window:
+            raise cli.UsageError(f"{what}, fewer than one window of {self.window} (use --window {available - available % 2} or less)")
 
     # ------------------------------------------------------------------ the loop
     def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size) -> dict:
@@ -189,9 +198,22 @@ class SequentialVJEPA2Extractor:
                     logger.error("%s window %d: %s", source, w.index, error)
                     manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error)
                     summary["failed"] += 1
-                if batch["clips"] is not None:
-                    feats = self.encoder.encode(batch["clips"])  # [B, N, D] fp16
-                    for k, image_hw, f in zip(batch["windows"], batch["image_hw"], feats):
+                if batch["clips"] is None:
+                    bar.update(len(batch["errors"]))
+                    continue
+                with ExitStack() as claims:  # hold each window's claim from encode to save
+                    keep = []
+                    for j, k in enumerate(batch["windows"]):
+                        path = outputs[windows[k].index]
+                        if claims.enter_context(claim_output(path)) and (self.overwrite or not is_complete(path)):
+                            keep.append(j)
+                        else:  # another process over the same tree has it, or just finished it
+                            manifest.record(f"{source}#window{windows[k].index}", str(path), "skipped",
+                                            "written by another process")
+                            summary["skipped"] += 1
+                    feats = self.encoder.encode(batch["clips"][keep]) if keep else []  # [B, N, D] fp16
+                    for j, f in zip(keep, feats):
+                        k, image_hw = batch["windows"][j], batch["image_hw"][j]
                         w = windows[k]  # items carry their index into `windows`
                         record = {
                             "features": f,
@@ -273,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "frames" and not path.is_dir():
             raise FileNotFoundError(f"{path}: frame directory not found")
     shard = sharding.resolve_shard(args.shard, args.num_shards)
+    cli.check_output_dir(args.output_dir)
     extractor = SequentialVJEPA2Extractor(
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -289,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary = extractor.process_frame_directory(path, out, args.first_frame, args.last_frame)
             else:
                 summary = extractor.process_video(path, out, frame_step=args.frame_step)
+        except OutputWriteError:
+            raise  # a full disk or a write error stops the run (finished outputs stay intact)
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise

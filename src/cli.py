@@ -5,17 +5,22 @@ Exit codes (documented in the README):
   1  unexpected internal error (traceback with --debug)
   2  bad arguments or configuration (nothing was processed)
   3  finished, but some inputs failed (see the manifest / log)
+  4  an output could not be written (disk full, permissions): finished outputs are intact,
+     rerunning the same command resumes
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_WRITE = 0, 1, 2, 3, 4
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +72,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create `output_dir` and make sure files can be written there, before any work starts."""
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--output_dir {out}: cannot create or write there ({exc.strerror or exc})") from None
+    return out
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call a script's main; known failures become one line on stderr and a documented exit code."""
+    from src.features import OutputWriteError
     from src.models.weights import CheckpointError, ModelSpecError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -77,6 +96,12 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OutputWriteError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}; outputs finished so far are intact, rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_WRITE
     except (UsageError, ModelSpecError, CheckpointError, FileNotFoundError, NotADirectoryError) as exc:
         if debug:
             raise

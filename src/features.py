@@ -8,6 +8,8 @@ the final name only once complete, so a file under the final name is never parti
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -84,6 +86,36 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class OutputWriteError(OSError):
+    """An output could not be written (disk full, permissions, I/O error): the run must stop."""
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike) -> Iterator[bool]:
+    """Exclusive claim on producing `path` across processes: yields True if this process holds it.
+
+    An advisory `flock` on `<dir>/.locks/<name>.lock`, released when the block ends or the process
+    dies (kill -9 included), so two runs over one output tree never compute or record the same
+    output twice, and a crashed run never leaves a claim behind.
+    """
+    path = Path(path)
+    lock_dir = path.parent / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write`` on a temp file next to ``path``, fsync it, rename onto ``path``."""
     tmp = _temp_path(path)
@@ -100,7 +132,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         except OSError:
             pass
         if isinstance(exc, Exception):
-            raise OSError(f"{path}: cannot write feature file ({exc})") from exc
+            raise OutputWriteError(f"{path}: cannot write feature file ({_reason(exc)})") from exc
         raise  # KeyboardInterrupt and friends propagate unchanged
     _fsync_dir(path.parent)
 
@@ -396,11 +428,14 @@ class Manifest:
             entry[key] = value
         # default=str keeps the log going for Paths, numpy scalars and similar.
         data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        fd = self._descriptor()
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"{self.path}: short write to manifest ({written} of {len(data)} bytes)")
-        os.fsync(fd)
+        try:
+            fd = self._descriptor()
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+            os.fsync(fd)
+        except OSError as exc:
+            raise OutputWriteError(f"{self.path}: cannot write to the manifest ({_reason(exc)})") from exc
         return entry
 
     def close(self) -> None:

@@ -67,14 +67,20 @@ def temporal_mapping(frame_ids: list, tubelet_size: int = 2) -> list[list]:
     return [list(frame_ids[i:i + tubelet_size]) for i in range(0, len(frame_ids), tubelet_size)]
 
 
+def check_frame_size(height: int, width: int, min_side: int, name: str = "frame") -> None:
+    """Refuse frames smaller than one patch: upscaling a few pixels to the crop is not data."""
+    if min(height, width) < min_side:
+        raise ValueError(f"{name} is {width}×{height} px, smaller than one {min_side} px patch")
+
+
 class _WindowDataset(Dataset):
     """Yields `{"window": k, "clip": [C,T,H,W], "image_hw": (h, w)}` or `{"window": k, "error": msg}`.
 
     Decoding errors are returned, not raised, so one bad frame costs one window, not the run.
     """
 
-    def __init__(self, windows: list[Window], preprocess: Callable[[np.ndarray], torch.Tensor]):
-        self.windows, self.preprocess = windows, preprocess
+    def __init__(self, windows: list[Window], preprocess: Callable[[np.ndarray], torch.Tensor], min_side: int = 1):
+        self.windows, self.preprocess, self.min_side = windows, preprocess, min_side
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -87,6 +93,7 @@ class _WindowDataset(Dataset):
         try:
             unique = sorted(set(window.positions))
             frames = self.read(unique)  # [U, H, W, 3]
+            check_frame_size(frames.shape[1], frames.shape[2], self.min_side)
             lookup = {p: i for i, p in enumerate(unique)}
             clip = frames[[lookup[p] for p in window.positions]]
             return {"window": k, "clip": self.preprocess(clip), "image_hw": tuple(frames.shape[1:3])}
@@ -97,8 +104,8 @@ class _WindowDataset(Dataset):
 class FrameWindowDataset(_WindowDataset):
     """Windows over image files (one per frame); all frames of a window must share one size."""
 
-    def __init__(self, frame_paths: list[Path], windows: list[Window], preprocess):
-        super().__init__(windows, preprocess)
+    def __init__(self, frame_paths: list[Path], windows: list[Window], preprocess, min_side: int = 1):
+        super().__init__(windows, preprocess, min_side)
         self.frame_paths = list(frame_paths)
 
     def read(self, positions: list[int]) -> np.ndarray:
@@ -117,8 +124,8 @@ class VideoWindowDataset(_WindowDataset):
     """
 
     def __init__(self, video_path: Path, frame_indices: list[int], windows: list[Window], preprocess,
-                 backend: str = "auto"):
-        super().__init__(windows, preprocess)
+                 backend: str = "auto", min_side: int = 1):
+        super().__init__(windows, preprocess, min_side)
         self.video_path, self.frame_indices, self.backend = Path(video_path), list(frame_indices), backend
         self._reader: VideoReader | None = None
 
