@@ -77,6 +77,25 @@ def _rename(state_dict: dict, src_prefix: str, dst_prefix: str, pairs, out: dict
                 consumed.add(key)
 
 
+def _split_fused(state_dict: dict, src: str, dst: str, names, out: dict, consumed: set) -> None:
+    """`{src}.{weight,bias}` (rows stacked [a | b | …]) → `{dst}{name}.{leaf}` for each name."""
+    for leaf in ("weight", "bias"):
+        key = f"{src}.{leaf}"
+        if key in state_dict:
+            for name, part in zip(names, _split_rows(state_dict[key], len(names))):
+                out[f"{dst}{name}.{leaf}"] = part
+            consumed.add(key)
+
+
+def _merge_fused(state_dict: dict, src: str, names, dst: str, out: dict, consumed: set) -> None:
+    """Inverse of `_split_fused`: `{src}{name}.{leaf}` for each name → rows stacked in `{dst}.{leaf}`."""
+    for leaf in ("weight", "bias"):
+        parts = [f"{src}{name}.{leaf}" for name in names]
+        if all(p in state_dict for p in parts):
+            out[f"{dst}.{leaf}"] = torch.cat([state_dict[p] for p in parts], dim=0)
+            consumed.update(parts)
+
+
 def _block_indices(state_dict: dict, prefix: str) -> list[int]:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
@@ -95,12 +114,7 @@ def encoder_to_hf(state_dict: dict, prefix: str = "encoder.") -> dict:
     for i in _block_indices(state_dict, "blocks."):
         src, dst = f"blocks.{i}.", f"{prefix}layer.{i}."
         _rename(state_dict, src, dst, _BLOCK_KEYS, out, consumed)
-        for leaf in ("weight", "bias"):
-            key = f"{src}attn.qkv.{leaf}"
-            if key in state_dict:
-                for name, part in zip(("query", "key", "value"), _split_rows(state_dict[key], 3)):
-                    out[f"{dst}attention.{name}.{leaf}"] = part
-                consumed.add(key)
+        _split_fused(state_dict, f"{src}attn.qkv", f"{dst}attention.", ("query", "key", "value"), out, consumed)
     _leftovers(state_dict, consumed, "encoder_to_hf")
     return out
 
@@ -116,11 +130,7 @@ def encoder_from_hf(state_dict: dict, prefix: str = "encoder.") -> dict:
     for i in _block_indices(sd, "layer."):
         src, dst = f"layer.{i}.", f"blocks.{i}."
         _rename(sd, src, dst, [(hf, ours) for ours, hf in _BLOCK_KEYS], out, consumed)
-        for leaf in ("weight", "bias"):
-            parts = [f"{src}attention.{name}.{leaf}" for name in ("query", "key", "value")]
-            if all(p in sd for p in parts):
-                out[f"{dst}attn.qkv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
-                consumed.update(parts)
+        _merge_fused(sd, f"{src}attention.", ("query", "key", "value"), f"{dst}attn.qkv", out, consumed)
     _leftovers(sd, consumed, f"encoder_from_hf (under '{prefix}')")
     return out
 
@@ -134,20 +144,10 @@ def classifier_to_hf(state_dict: dict) -> dict:
     for i in _block_indices(state_dict, "pooler.blocks."):
         src, dst = f"pooler.blocks.{i}.", f"pooler.self_attention_layers.{i}."
         _rename(state_dict, src, dst, _POOLER_BLOCK_KEYS, out, consumed)
-        for leaf in ("weight", "bias"):
-            key = f"{src}attn.qkv.{leaf}"
-            if key in state_dict:
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), _split_rows(state_dict[key], 3)):
-                    out[f"{dst}self_attn.{name}.{leaf}"] = part
-                consumed.add(key)
+        _split_fused(state_dict, f"{src}attn.qkv", f"{dst}self_attn.", ("q_proj", "k_proj", "v_proj"), out, consumed)
     src, dst = "pooler.cross_attention_block.", "pooler.cross_attention_layer."
     _rename(state_dict, src, dst, _CROSS_BLOCK_KEYS, out, consumed)
-    for leaf in ("weight", "bias"):
-        key = f"{src}xattn.kv.{leaf}"
-        if key in state_dict:
-            k, v = _split_rows(state_dict[key], 2)
-            out[f"{dst}cross_attn.k_proj.{leaf}"], out[f"{dst}cross_attn.v_proj.{leaf}"] = k, v
-            consumed.add(key)
+    _split_fused(state_dict, f"{src}xattn.kv", f"{dst}cross_attn.", ("k_proj", "v_proj"), out, consumed)
     _rename(state_dict, "", "", [("linear", "classifier")], out, consumed)
     _leftovers(state_dict, consumed, "classifier_to_hf")
     return out
@@ -163,18 +163,10 @@ def classifier_from_hf(state_dict: dict) -> dict:
     for i in _block_indices(sd, "pooler.self_attention_layers."):
         src, dst = f"pooler.self_attention_layers.{i}.", f"pooler.blocks.{i}."
         _rename(sd, src, dst, [(hf, ours) for ours, hf in _POOLER_BLOCK_KEYS], out, consumed)
-        for leaf in ("weight", "bias"):
-            parts = [f"{src}self_attn.{n}.{leaf}" for n in ("q_proj", "k_proj", "v_proj")]
-            if all(p in sd for p in parts):
-                out[f"{dst}attn.qkv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
-                consumed.update(parts)
+        _merge_fused(sd, f"{src}self_attn.", ("q_proj", "k_proj", "v_proj"), f"{dst}attn.qkv", out, consumed)
     src, dst = "pooler.cross_attention_layer.", "pooler.cross_attention_block."
     _rename(sd, src, dst, [(hf, ours) for ours, hf in _CROSS_BLOCK_KEYS], out, consumed)
-    for leaf in ("weight", "bias"):
-        parts = [f"{src}cross_attn.{n}.{leaf}" for n in ("k_proj", "v_proj")]
-        if all(p in sd for p in parts):
-            out[f"{dst}xattn.kv.{leaf}"] = torch.cat([sd[p] for p in parts], dim=0)
-            consumed.update(parts)
+    _merge_fused(sd, f"{src}cross_attn.", ("k_proj", "v_proj"), f"{dst}xattn.kv", out, consumed)
     _rename(sd, "", "", [("classifier", "linear")], out, consumed)
     _leftovers(sd, consumed, "classifier_from_hf")
     return out
