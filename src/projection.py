@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -30,6 +31,8 @@ _NPZ_FORMAT = "vjepa2-projection-pca-v1"
 # UMAP.transform runs 100 epochs for batches of <= 10 000 rows and 30 above;
 # fixed chunks below that keep the schedule the same for every batch size.
 _UMAP_CHUNK_ROWS = 4096
+# Tokens merged into the running sample at a time (bounds sample_tokens' overhead).
+_SAMPLE_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------- inputs
@@ -53,38 +56,6 @@ def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
-def _count_tokens(source: Any) -> tuple[int, int]:
-    """``(N, D)`` of one source without materialising a file's features if possible."""
-    if not isinstance(source, (str, os.PathLike)):
-        shape = tuple(source.shape) if hasattr(source, "shape") else np.shape(source)
-        if len(shape) < 2:
-            raise ValueError(f"source: expected features [N, D], got shape {list(shape)}")
-        return int(np.prod(shape[:-1])), int(shape[-1])
-    path = Path(source)
-    try:
-        shape = _file_shape(path)
-    except Exception as exc:  # odd file: fall back to a full load, which reports errors
-        logger.debug("%s: cheap shape read failed (%s); loading fully", path, exc)
-        shape = tuple(_load_source(path).shape)
-    if len(shape) < 2:
-        raise ValueError(f"{path}: expected features [N, D], got shape {list(shape)}")
-    return int(np.prod(shape[:-1])), int(shape[-1])
-
-
-def _file_shape(path: Path) -> tuple[int, ...]:
-    # Header-only reads: safetensors keeps shapes in its header and a zip-format .pt
-    # can be memory-mapped, so counting tokens does not read the feature data.
-    import torch
-
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return tuple(handle.get_slice("features").get_shape())
-    record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return tuple(record["features"].shape)
-
-
 def _load_source(source: Any) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         from src.features import load_features
@@ -93,64 +64,68 @@ def _load_source(source: Any) -> np.ndarray:
     return _as_2d(_to_numpy(source), "source")
 
 
-def _quotas(counts: Sequence[int], sample_size: int) -> list[int]:
-    """Largest-remainder apportionment of ``sample_size`` proportional to ``counts``.
-
-    Integer arithmetic, ties to the earlier source: exact and platform-independent.
-    """
-    total = sum(counts)
-    if total <= sample_size:
-        return list(counts)
-    quotas = [n * sample_size // total for n in counts]
-    remainders = [n * sample_size % total for n in counts]
-    order = sorted(range(len(counts)), key=lambda i: (-remainders[i], i))
-    for i in order[: sample_size - sum(quotas)]:
-        quotas[i] += 1
-    return quotas
-
-
 def sample_tokens(sources: Iterable[Any], sample_size: int, seed: int = 0) -> np.ndarray:
-    """A deterministic token sample ``[M, D]`` float32 from many windows.
+    """A deterministic, uniform token sample ``[M, D]`` float32 from many windows.
 
-    ``sources`` are feature-file paths (``.pt``/``.safetensors``, read with
-    :func:`src.features.load_features`) or arrays/tensors ``[N, D]``.
+    ``sources``: any iterable (a generator is fine) of feature-file paths
+    (``.pt``/``.safetensors``, read with :func:`src.features.load_features`) or of
+    arrays/tensors ``[N, D]`` (leading dimensions are flattened).
 
-    Scheme: pass 1 counts tokens per source (file headers only). Source ``i`` gets
-    a fixed quota proportional to its token count (largest remainder, summing to
-    ``sample_size``); pass 2 loads one source at a time and draws its quota without
-    replacement with ``np.random.default_rng([seed, i])``, rows kept in file order.
-    A source's rows thus depend only on the seed, its position and the counts.
-    If the total is ≤ ``sample_size`` every token is taken. Memory: the output
-    plus one source.
+    Scheme (one pass, "bottom-k"): source ``i`` gives each of its tokens a random key
+    from ``np.random.default_rng([seed, i])``; the ``sample_size`` tokens with the
+    smallest keys over all sources are kept. That is a uniform sample without
+    replacement, so each source contributes in proportion to its token count
+    (in expectation); the result is returned in source order, then token order.
+    Same sources + seed give the same sample. If the total is ≤ ``sample_size``
+    every token is taken. Memory: ``sample_size`` + 4096 rows plus one source,
+    whatever the number of sources.
     """
-    sources = list(sources)
     if sample_size < 1:
         raise ValueError(f"sample_size must be >= 1, got {sample_size}")
-    if not sources:
-        raise ValueError("sample_tokens: no sources given")
-    shapes = [_count_tokens(s) for s in sources]
-    dims = {d for _, d in shapes}
-    if len(dims) != 1:
-        raise ValueError(f"sample_tokens: sources disagree on feature size D: {sorted(dims)}")
-    dim = dims.pop()
-    quotas = _quotas([n for n, _ in shapes], sample_size)
-
-    sample = np.empty((sum(quotas), dim), dtype=np.float32)
-    row = 0
-    for i, (source, (count, _), quota) in enumerate(zip(sources, shapes, quotas)):
-        if quota == 0:
-            continue  # nothing to draw: do not even read it
+    buf: np.ndarray | None = None  # kept rows, then room for one incoming block
+    keys = np.empty(sample_size + _SAMPLE_BLOCK, dtype=np.float64)
+    filled = total = 0
+    for i, source in enumerate(sources):
         feats = _load_source(source)
-        if feats.shape[0] != count:
-            raise ValueError(f"source {i}: has {feats.shape[0]} tokens, header said {count}")
-        if quota < count:
-            rng = np.random.default_rng([seed, i])
-            # Sorted indices read in file order (cache-friendly, easy to reason about).
-            feats = feats[np.sort(rng.choice(count, size=quota, replace=False))]
-        sample[row : row + quota] = feats  # casts fp16 -> float32
-        row += quota
-    logger.debug("sampled %d of %d tokens from %d sources", row, sum(n for n, _ in shapes), len(sources))
-    return sample
+        if buf is None:
+            # Full capacity at once: np.empty commits pages only as rows are written,
+            # so a large sample_size costs nothing until the tokens are there.
+            buf = np.empty((sample_size + _SAMPLE_BLOCK, feats.shape[1]), dtype=np.float32)
+        elif feats.shape[1] != buf.shape[1]:
+            raise ValueError(
+                f"sample_tokens: source {i} has D={feats.shape[1]}, earlier sources D={buf.shape[1]}"
+            )
+        total += feats.shape[0]
+        source_keys = np.random.default_rng([seed, i]).random(feats.shape[0])
+        for start in range(0, feats.shape[0], _SAMPLE_BLOCK):
+            block = np.arange(start, min(start + _SAMPLE_BLOCK, feats.shape[0]))
+            if filled == sample_size:
+                # Full: only keys under the current k-th smallest can get in.
+                block = block[source_keys[block] < keys[:filled].max()]
+            end = filled + block.size
+            buf[filled:end] = feats[block]  # casts fp16 -> float32
+            keys[filled:end] = source_keys[block]
+            filled = end
+            if filled > sample_size:
+                filled = _keep_smallest(buf, keys, filled, sample_size)
+        del feats
+    if buf is None:
+        raise ValueError("sample_tokens: no sources given")
+    buf.resize((filled, buf.shape[1]), refcheck=False)  # gives the spare capacity back, no copy
+    logger.debug("sampled %d of %d tokens from %d sources", filled, total, i + 1)
+    return buf
+
+
+def _keep_smallest(buf: np.ndarray, keys: np.ndarray, filled: int, k: int) -> int:
+    """Compact the ``k`` rows with the smallest keys to the front, in order, in place."""
+    keep = np.sort(np.argpartition(keys[:filled], k - 1)[:k])
+    # keep is increasing with keep[j] >= j, so moving blocks front to back never
+    # overwrites a row a later block still has to read; no full-size temporary.
+    for start in range(0, k, 1024):
+        idx = keep[start : start + 1024]
+        buf[start : start + idx.size] = buf[idx]
+        keys[start : start + idx.size] = keys[idx]
+    return k
 
 
 # --------------------------------------------------------------------------- PCA
@@ -170,8 +145,12 @@ def _fixed_sign(components: np.ndarray) -> np.ndarray:
 
 
 def _fit_pca(sample: np.ndarray, n_components: int, svd_solver: str, seed: int):
+    import sklearn
     from sklearn.decomposition import PCA
 
+    version = re.match(r"(\d+)\.(\d+)", sklearn.__version__)
+    if svd_solver == "covariance_eigh" and version and tuple(map(int, version.groups())) < (1, 5):
+        svd_solver = "full"
     # float64 fit: solvers then agree to far below one grey level.
     pca = PCA(n_components=n_components, svd_solver=svd_solver, random_state=seed)
     pca.fit(sample.astype(np.float64))
@@ -450,14 +429,16 @@ def fit_projection(
     metric: str = "cosine",
     pca_dim: int = 50,
     seed: int = 0,
-    svd_solver: str = "full",
+    svd_solver: str = "covariance_eigh",
 ) -> Projection:
     """Fit a projection on a token sample ``[M, D]`` (e.g. from :func:`sample_tokens`).
 
     ``pca``: ``n_components`` sign-fixed principal components. ``umap``: PCA to
     ``min(pca_dim, D, M)`` dims, then UMAP to ``n_components`` (seeded, so
     single-threaded and reproducible). Colour scaling (1st/99th percentiles of
-    the sample's projection) is fixed here. ``svd_solver`` goes to sklearn's PCA.
+    the sample's projection) is fixed here. ``svd_solver`` goes to sklearn's PCA;
+    the default "covariance_eigh" (exact, D x D memory) falls back to "full" on
+    scikit-learn < 1.5, which lacks it.
     """
     if method not in METHODS:
         raise ValueError(f"unknown projection method {method!r} (use {METHODS})")

@@ -77,7 +77,8 @@ def _grid_of(record: dict, path: Path) -> tuple[int, int, int]:
 def fit_projections(paths: list[Path], methods: list[str], sample_size: int, seed: int, n_neighbors: int = 15,
                     min_dist: float = 0.1, metric: str = "cosine") -> dict[str, Projection]:
     """One projection per method, fitted once on a deterministic sample of all tokens of the run."""
-    sample = sample_tokens([item.features for item in iter_feature_items(paths)], sample_size, seed=seed)
+    # a generator: one window in memory at a time, whatever the number of windows
+    sample = sample_tokens((item.features for item in iter_feature_items(paths)), sample_size, seed=seed)
     logger.info("fitting %s on %d sampled tokens of %d dims", "+".join(methods), *sample.shape)
     projections = {}
     for method in methods:
