@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     files = expand_inputs(args.features)
     out = Path(args.output_dir)
-    projection = fit_projections(files, [args.method], args.umap_sample, args.seed, args.n_neighbors,
-                                 args.min_dist, args.metric)[args.method]
+    try:  # every feature file is read once here: a bad one is reported before any picture is drawn
+        projection = fit_projections(files, [args.method], args.umap_sample, args.seed, args.n_neighbors,
+                                     args.min_dist, args.metric)[args.method]
+    except ValueError as exc:
+        raise cli.UsageError(str(exc)) from None
     source = FrameSource(Path(args.image_root) if args.image_root else None)
     written, failed = 0, 0
     for item in iter_feature_items(files):

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,18 +280,6 @@ def _existing_chunk_keys(path: Path, expected: Iterable[str], config: dict) -> s
     return keys
 
 
-def remove_own_temp_files(output_dir: Path, shard_index: int, num_shards: int) -> None:
-    """Delete temp files a killed run of this shard left (other shards' are left alone)."""
-    prefix = "." + chunk_name(shard_index, num_shards, 0).split("_chunk")[0] + "_chunk"
-    for path in features.temp_files(output_dir):
-        if path.parent == output_dir and path.name.startswith(prefix):
-            try:
-                path.unlink()
-                logger.info("removed leftover temporary file %s", path.name)
-            except FileNotFoundError:
-                pass
-
-
 @dataclass
 class ExtractionSummary:
     done: int = 0
@@ -343,7 +330,6 @@ def extract_directory(
     model_info = encoder.describe(image_frames)
     config = {"image_frames": image_frames, "grid": [tp, hp, wp], "model_name": model_info["model_name"]}
 
-    remove_own_temp_files(output_dir, shard_index, num_shards)
     paths = sorted(rel_paths)
     summary = ExtractionSummary()
     start = time.perf_counter()

@@ -171,6 +171,7 @@ class SequentialVJEPA2Extractor:
         pending = []
         for i in mine:
             if not self.overwrite and is_complete(outputs[i]):
+                manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped", "already complete")
                 summary["skipped"] += 1
             else:
                 pending.append(i)
@@ -291,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [("frames", Path(d)) for d in args.frame_dir] + [("video", v) for v in videos]
     if not inputs:
         raise cli.UsageError("nothing to do: give --frame_dir or --video")
-    for kind, path in inputs:
+    for kind, path in inputs:  # inputs named on the command line must exist (list entries may fail alone)
         if kind == "frames" and not path.is_dir():
             raise FileNotFoundError(f"{path}: frame directory not found")
+    for entry in args.video:
+        if Path(entry).suffix.lower() not in VIDEO_LIST_SUFFIXES and not Path(entry).is_file():
+            raise FileNotFoundError(f"{entry}: video not found")
     shard = sharding.resolve_shard(args.shard, args.num_shards)
     cli.check_output_dir(args.output_dir)
     extractor = SequentialVJEPA2Extractor(
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise
-            logger.error("%s: %s", path, exc)
+            logger.error("%s", exc if str(exc).startswith(str(path)) else f"{path}: {exc}")
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(out / "manifest.jsonl") as manifest:
                 manifest.record(str(path), str(out), "failed", str(exc))

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -108,6 +109,12 @@ def claim_output(path: str | os.PathLike) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-save
+            try:
+                stale.unlink()
+                logger.info("removed %s, left by an interrupted write", stale.name)
+            except FileNotFoundError:
+                pass
         try:
             yield True
         finally:
@@ -116,13 +123,32 @@ def claim_output(path: str | os.PathLike) -> Iterator[bool]:
         os.close(fd)
 
 
+class _ErrorRecordingWriter:
+    """A binary file wrapper that remembers the first OSError of a write (see `_atomic_write`)."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):  # flush, tell, seek, fileno, … of the real file
+        return getattr(self._handle, name)
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write`` on a temp file next to ``path``, fsync it, rename onto ``path``."""
     tmp = _temp_path(path)
+    recorder = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as handle:
-            write(handle)
+            recorder = _ErrorRecordingWriter(handle)
+            write(recorder)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -132,7 +158,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         except OSError:
             pass
         if isinstance(exc, Exception):
-            raise OutputWriteError(f"{path}: cannot write feature file ({_reason(exc)})") from exc
+            # torch.save turns the OS error of a failed write into its own RuntimeError: report
+            # the OS's reason ("No space left on device", "File too large") when there was one
+            cause = recorder.error if recorder is not None and recorder.error is not None else exc
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _reason(cause)
+            raise OutputWriteError(f"{path}: cannot write feature file ({reason})") from exc
         raise  # KeyboardInterrupt and friends propagate unchanged
     _fsync_dir(path.parent)
 
@@ -140,6 +170,9 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a valid feature file (not a torch archive: truncated, corrupt or not "
+                         "written by torch.save)")
     try:
         # mmap: checking a large chunk for completeness must not read all of it
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
