@@ -41,6 +41,8 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
     group.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
     return parser
 

@@ -17,6 +17,23 @@ from src.models.weights import load_encoder, model_info
 logger = logging.getLogger(__name__)
 
 
+def to_device_keep_broadcast(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`x.to(device, dtype, non_blocking=True)`, keeping expanded (stride-0) dimensions expanded.
+
+    A copy to another device makes its source contiguous first, so an image `expand`ed to 16
+    frames would be materialised on the host and sent 16 times (and a dtype cast converts every
+    copy). Here only one slice of each broadcast dimension is moved/cast; the result is expanded
+    again on the device (same values; the patch embedding materialises it there).
+    """
+    broadcast = [d for d in range(x.ndim) if x.stride(d) == 0 and x.shape[d] > 1]
+    if not broadcast:
+        return x.to(device, dtype=dtype, non_blocking=True)
+    compact = x
+    for d in broadcast:
+        compact = compact.narrow(d, 0, 1)
+    return compact.to(device, dtype=dtype, non_blocking=True).expand(x.shape)
+
+
 class ClipEncoder:
     """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU.
 
@@ -26,10 +43,12 @@ class ClipEncoder:
         dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
         img_size: crop size; default from the model's config (256 for bare .pt files).
         checkpoint_key: entry of an original .pt to load.
+        compile: run the forward pass through `torch.compile` (off by default: see
+            bench/PERFORMANCE.md for what it gains and what the first call costs).
     """
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
-                 checkpoint_key: str = "encoder"):
+                 checkpoint_key: str = "encoder", compile: bool = False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
@@ -37,6 +56,10 @@ class ClipEncoder:
         self.spec = spec
         self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device)
         self.model.to(self.dtype)
+        self.compiled = bool(compile)
+        # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
+        # only the forward used by `encode` goes through the compiler.
+        self._forward = torch.compile(self.model) if self.compiled else self.model
         self.crop = self.model.img_size
         self.transform = make_eval_transform(self.crop)
         logger.info("encoder %s: width %d, depth %d, %d heads, crop %d, %s on %s", spec, self.model.embed_dim,
@@ -61,9 +84,16 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """`[B, C, T, H, W]` → fp16 `[B, N, D]` on the CPU (cast on the device, before the copy back)."""
-        x = clips.to(self.device, dtype=self.dtype, non_blocking=True)
-        return self.model(x).to(torch.float16).cpu()
+        """`[B, C, T, H, W]` → fp16 `[B, N, D]` on the CPU (cast on the device, before the copy back).
+
+        On CUDA the upload is asynchronous when `clips` is in pinned memory (the DataLoaders pin
+        their batches), and with `non_blocking` PyTorch casts to the compute dtype on the GPU,
+        after the copy. Features are cast to fp16 on the device, so the copy back moves 2 bytes
+        per value. Broadcast (stride-0) dimensions, e.g. an image expanded along time, are
+        uploaded once and expanded again on the device rather than materialised on the host.
+        """
+        x = to_device_keep_broadcast(clips, self.device, self.dtype)
+        return self._forward(x).to(torch.float16).cpu()
 
     def describe(self, num_frames: int) -> dict:
         """`model_info` for feature files: the seed's keys plus the loaded model's architecture."""

@@ -42,12 +42,22 @@ def grid_positions(grid: tuple[int, int, int], device=None) -> torch.Tensor:
     return torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=-1)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables `[N, 3*s]` (float32) for a patch grid (Tp, Hp, Wp)."""
+def rope_table_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the RoPE tables for inputs of `dtype`: float32, or float64 for float64 inputs.
+
+    Half-precision inputs (bf16/fp16) use float32 tables: position angles up to a few hundred
+    radians lose all precision in bf16, so the rotation is always done in at least float32.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables `[N, 3*s]` for a patch grid (Tp, Hp, Wp); angles computed in float32."""
     s = rope_axis_dim(head_dim)
     pos = grid_positions(grid, device=device)  # [N, 3]
     angles = torch.cat([rope_angles(pos[:, axis], s) for axis in range(3)], dim=-1)  # [N, 3s]
-    return angles.cos(), angles.sin()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def rotate_adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -59,28 +69,86 @@ def rotate_adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first 3*s channels of `x` `[B, heads, N, head_dim]`; the rest pass through.
 
-    The rotation is done in float32 (angles and products) and cast back to x's dtype.
+    Computes `x*cos + rotate_adjacent_pairs(x)*sin` (float32 at least: the tables' dtype,
+    promoted with x's) and casts back to x's dtype. Without autograd it is written without
+    the rotated copy, `torch.stack` or `torch.cat`: one product into a preallocated output,
+    one multiply-add per half of each pair (strided views), then the pass-through channels.
+    Each axis block rotates its own adjacent pairs; blocks have even width so pairs never
+    straddle two axes and one pairing over the concatenated 3*s channels is equivalent.
     """
-    rotated_dim = cos.shape[-1]
-    x_rot, x_pass = x[..., :rotated_dim].float(), x[..., rotated_dim:]
-    # Each axis block rotates its own adjacent pairs; blocks have even width so pairs never
-    # straddle two axes and one pairing over the concatenated 3*s channels is equivalent.
-    out = x_rot * cos + rotate_adjacent_pairs(x_rot) * sin
-    return torch.cat([out.to(x.dtype), x_pass], dim=-1)
+    r = cos.shape[-1]
+    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
+        # autograd: the out-of-place formula (in-place writes into `out` are not differentiable)
+        x_rot = x[..., :r].to(torch.promote_types(x.dtype, cos.dtype))
+        rotated = x_rot * cos + rotate_adjacent_pairs(x_rot) * sin
+        return torch.cat([rotated.to(x.dtype), x[..., r:]], dim=-1)
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    x_rot, out_rot = x[..., :r], out[..., :r]
+    torch.mul(x_rot, cos, out=out_rot)
+    x_pairs, out_pairs, sin_pairs = x_rot.unflatten(-1, (-1, 2)), out_rot.unflatten(-1, (-1, 2)), sin.unflatten(-1, (-1, 2))
+    out_pairs[..., 0].addcmul_(x_pairs[..., 1], sin_pairs[..., 0], value=-1)  # y[2j]   = -x[2j+1]
+    out_pairs[..., 1].addcmul_(x_pairs[..., 0], sin_pairs[..., 1])            # y[2j+1] =  x[2j]
+    out[..., r:] = x[..., r:]
+    return out.to(x.dtype)
 
 
 class RopeCache:
-    """cos/sin tables per (grid, device), built once: every block of a forward pass shares them."""
+    """cos/sin tables per (grid, device, table dtype), built once: every block of a forward pass shares them.
+
+    `get(grid, device, dtype)` takes the dtype of the activations; the tables are float32 for
+    fp32/bf16/fp16 activations (see `rope_table_dtype`) and float64 for float64 ones.
+    """
 
     def __init__(self, head_dim: int):
         self.head_dim = head_dim
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def get(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (grid, str(device))
+    def get(self, grid: tuple[int, int, int], device: torch.device,
+            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        table_dtype = rope_table_dtype(dtype)
+        key = (tuple(grid), str(torch.device(device)), table_dtype)
         if key not in self._tables:
-            self._tables[key] = rope_tables(grid, self.head_dim, device=device)
+            self._tables[key] = rope_tables(grid, self.head_dim, device=device, dtype=table_dtype)
         return self._tables[key]
+
+
+# ----------------------------------------------------------------------------- fused CPU linears
+# oneDNN's linear with a fused epilogue (bias, GELU, residual add): the kernels torch.compile's
+# CPU backend emits. On CPU, in fp32 and without autograd, each Linear of a block runs as one
+# oneDNN call instead of bias-copy + GEMM (+ GELU / + residual add) passes over the output.
+# Set to False to get the plain nn.Linear path (bench/ablation.py does, to measure the effect).
+FUSED_CPU_LINEAR = True
+
+
+def _onednn_linear_ops():
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_ops() if torch.backends.mkldnn.is_available() else None
+
+
+def use_fused_linear(x: torch.Tensor) -> bool:
+    """Whether the oneDNN fused path applies to activations `x` (CPU, fp32, no autograd).
+
+    Not under torch.compile: inductor cannot lower these ops given plain weights, and it does
+    its own fusion of the nn.Linear path.
+    """
+    return (FUSED_CPU_LINEAR and _ONEDNN_LINEAR is not None and x.device.type == "cpu"
+            and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+def fused_linear(x: torch.Tensor, linear: nn.Linear, activation: str = "none") -> torch.Tensor:
+    """`linear(x)`, then GELU (erf) if `activation == "gelu"`, as one oneDNN call (CPU fp32)."""
+    return _ONEDNN_LINEAR[0](x, linear.weight, linear.bias, activation, [], "none" if activation == "gelu" else "")
+
+
+def fused_linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + linear(x)` as one oneDNN call (CPU fp32)."""
+    return _ONEDNN_LINEAR[1](x, residual, linear.weight, linear.bias, "add")
 
 
 # ----------------------------------------------------------------------------- layers
@@ -95,7 +163,10 @@ class PatchEmbed3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # [B, D, Tp, Hp, Wp]
-        return x.flatten(2).transpose(1, 2)  # [B, N, D], t-major then h then w
+        # [B, N, D], t-major then h then w. Made contiguous once here: a transposed view would
+        # carry its channel-major strides through every residual add of the network, and each
+        # LayerNorm would then copy its input to a contiguous buffer first.
+        return x.flatten(2).transpose(1, 2).contiguous()
 
 
 class Attention(nn.Module):
@@ -110,14 +181,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of `x` `[B, N, D]`; with `residual`, returns `residual + attention` (fused on CPU)."""
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
+        fused = use_fused_linear(x)
+        qkv = fused_linear(x, self.qkv) if fused else self.qkv(x)
+        # views, no copies: q, k, v keep qkv's memory ([B, N, 3, heads, head_dim] permuted)
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim^-0.5 by default
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        x = x.transpose(1, 2).reshape(B, N, D)  # [B, heads, N, hd] → [B, N, D]: the one copy
+        if residual is None:
+            return self.proj(x)
+        return fused_linear_add(x, self.proj, residual) if fused else residual + self.proj(x)
 
 
 class Mlp(nn.Module):
@@ -127,8 +205,13 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """MLP of `x`; with `residual`, returns `residual + mlp(x)` (fused on CPU)."""
+        if use_fused_linear(x) and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            h = fused_linear(x, self.fc1, "gelu")
+            return self.fc2(h) if residual is None else fused_linear_add(h, self.fc2, residual)
+        out = self.fc2(self.act(self.fc1(x)))
+        return out if residual is None else residual + out
 
 
 class Block(nn.Module):
@@ -142,8 +225,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin)
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), cos, sin, residual=x)  # x + attn(norm1(x))
+        return self.mlp(self.norm2(x), residual=x)  # x + mlp(norm2(x))
 
 
 # ----------------------------------------------------------------------------- model
@@ -216,7 +299,7 @@ class VisionTransformer(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
         grid = self.patch_grid(*x.shape[2:])
-        cos, sin = self.rope.get(grid, x.device)
+        cos, sin = self.rope.get(grid, x.device, x.dtype)
         x = self.patch_embed(x)  # [B, N, D]
 
         wanted = out_layers if out_layers is not None else self.out_layers

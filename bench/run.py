@@ -1,0 +1,557 @@
+#!/usr/bin/env python
+"""One benchmark command: the machine's matmul limit, the encoder against it and against
+transformers, the extraction pipeline against the forward pass, image modes, peak memory.
+
+    python bench/run.py --quick            # a few minutes on a 2-core CPU
+    python bench/run.py                    # fuller (~10 min): deeper models, more runs, more configurations
+    python bench/run.py --device cuda      # bf16 and fp16 encoder runs on the GPU
+
+Writes bench/results.json and bench/results.md (the Markdown table, also printed). Wall times
+are medians of several interleaved runs (the minimum is recorded too). On CPU the encoder and
+matmul figures are also taken as one thread's CPU time (minimum over runs), which a busy,
+shared machine disturbs far less than wall time.
+Random weights throughout: speed does not depend on them; our encoder and transformers'
+VJEPA2Model get the same weights through `encoder_to_hf`, and their outputs are compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src.frames import find_frames, load_image  # noqa: E402
+from src.inference import ClipEncoder  # noqa: E402
+from src.models import vision_transformer as vt  # noqa: E402
+from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
+
+WINDOW = 16
+SECTIONS = ["memory", "matmul", "encoder", "pipeline", "images"]
+CLIP = (WINDOW, 256, 256)  # frames, height, width of the encoder benchmark input
+TOKENS = (WINDOW // 2) * (256 // 16) ** 2  # 2048
+log = logging.getLogger("bench")
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fns: dict, reps: int, device: torch.device, warmup: int = 1, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of each function; calls interleaved (A B C A B C ...) so that load from
+    other processes on a shared machine hits every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = clock()
+            fn()
+            sync(device)
+            times[name].append(clock() - start)
+    return times
+
+
+def time_one_thread(fns: dict, reps: int, warmup: int = 0) -> dict[str, list[float]]:
+    """CPU seconds of the calling thread per call with `torch.set_num_threads(1)`.
+
+    On a machine shared with other processes, wall time measures the machine's load as much as
+    the code. The CPU time of one thread does not count preemption, so it is far less sensitive
+    (shared caches and memory bandwidth still are): ratios taken this way (ours/HF, % of matmul),
+    from the minimum over runs (interference only ever adds time), are the robust ones. CPU only.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return time_calls(fns, reps, torch.device("cpu"), warmup, clock=time.thread_time)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------- machine
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    info = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# ----------------------------------------------------------------------------- 1. matmul limit
+def linear_shapes(width: int, mlp_ratio: float) -> dict[str, tuple[int, int]]:
+    """(in, out) of the encoder's Linear layers at this width."""
+    hidden = int(width * mlp_ratio)
+    return {"qkv": (width, 3 * width), "proj": (width, width), "fc1": (width, hidden), "fc2": (hidden, width)}
+
+
+def bench_matmul(width: int, mlp_ratio: float, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    """GFLOP/s of [n, in] x [in, out] at the encoder's Linear shapes, per backend, and the
+    encoder-mix limit: FLOP-weighted (harmonic) rate of the four shapes, each at its best backend."""
+    torch.manual_seed(0)
+    rows = {}
+    mix_time = mix_flops = mix1_time = 0.0
+    for name, (k, m) in linear_shapes(width, mlp_ratio).items():
+        x = torch.randn(n, k, device=device, dtype=dtype)
+        w = torch.randn(m, k, device=device, dtype=dtype) / k**0.5
+        flops = 2.0 * n * k * m
+        fns = {"matmul": lambda: torch.matmul(x, w.t())}  # MKL on CPU, cuBLAS on CUDA
+        if device.type == "cpu" and vt._ONEDNN_LINEAR is not None and dtype in (torch.float32, torch.bfloat16):
+            fns["onednn"] = lambda: vt._ONEDNN_LINEAR[0](x, w, None, "none", [], "")
+        with torch.inference_mode():
+            times = time_calls(fns, reps, device)
+            cpu1 = time_one_thread(fns, reps) if device.type == "cpu" else None
+        rates = {b: flops / statistics.median(t) / 1e9 for b, t in times.items()}
+        best_rates = {b: flops / min(t) / 1e9 for b, t in times.items()}
+        best = max(rates, key=rates.get)
+        rows[name] = {"shape": f"[{n}, {k}] x [{k}, {m}]", "gflops": flops / 1e9,
+                      "gflop_per_s": {b: round(r, 1) for b, r in rates.items()},
+                      "gflop_per_s_best_run": {b: round(r, 1) for b, r in best_rates.items()},
+                      "best_backend": best}
+        mix_time += flops / (rates[best] * 1e9)
+        mix_flops += flops
+        if cpu1:
+            rates1 = {b: flops / min(t) / 1e9 for b, t in cpu1.items()}
+            rows[name]["gflop_per_s_1thread_cpu"] = {b: round(r, 1) for b, r in rates1.items()}
+            mix1_time += flops / (max(rates1.values()) * 1e9)
+    return {"width": width, "tokens": n, "dtype": str(dtype).removeprefix("torch."), "shapes": rows,
+            "encoder_mix_gflop_per_s": round(mix_flops / mix_time / 1e9, 1),
+            "encoder_mix_gflop_per_s_1thread_cpu": round(mix_flops / mix1_time / 1e9, 1) if mix1_time else None}
+
+
+# ----------------------------------------------------------------------------- 2. encoder vs transformers
+def hf_model_for(encoder: vt.VisionTransformer):
+    """transformers VJEPA2Model carrying the same weights (as tests/helpers.py builds it)."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    config = VJEPA2Config(**{**hf_config_dict(encoder), "pred_num_hidden_layers": 1})
+    hf = VJEPA2Model(config).eval()
+    state = hf.state_dict()
+    state.update(encoder_to_hf(encoder.state_dict()))
+    hf.load_state_dict(state, strict=True)
+    return hf
+
+
+def bench_encoder(label: str, arch: str, depth: int, dtype: torch.dtype, device: torch.device, reps: int,
+                  limit: float | None, limit_1thread: float | None = None) -> dict:
+    torch.manual_seed(0)
+    ours = vt.FACTORIES[arch](img_size=CLIP[1], num_frames=CLIP[0], depth=depth).eval()
+    hf = hf_model_for(ours)
+    ours.to(device, dtype)
+    hf.to(device, dtype)
+    x = torch.randn(1, 3, *CLIP, device=device, dtype=dtype)
+    x_hf = x.permute(0, 2, 1, 3, 4)  # HF takes [B, T, C, H, W]
+    flops = vt.count_forward_flops(ours, *CLIP)
+    with torch.inference_mode():
+        out_ours, out_hf = ours(x), hf.get_vision_features(x_hf)
+        delta = (out_ours.float() - out_hf.float()).abs().max().item()
+        fns = {"ours": lambda: ours(x), "transformers": lambda: hf.get_vision_features(x_hf)}
+        times = time_calls(fns, reps, device)
+        cpu1 = time_one_thread(fns, max(3, reps - 1)) if device.type == "cpu" else None
+    res = {"label": label, "arch": arch, "width": ours.embed_dim, "heads": ours.num_heads, "depth": depth,
+           "dtype": str(dtype).removeprefix("torch."), "tokens": TOKENS, "gflops_per_clip": flops / 1e9,
+           "hf_attn_implementation": getattr(hf.config, "_attn_implementation", None),
+           "max_abs_diff": delta}
+    for name, t in times.items():
+        s = summary(t)
+        res[name] = {**s, "tokens_per_s": TOKENS / s["median_s"], "gflop_per_s": flops / s["median_s"] / 1e9,
+                     "gflop_per_s_best_run": flops / s["min_s"] / 1e9}
+    res["ours_vs_transformers"] = res["transformers"]["median_s"] / res["ours"]["median_s"]
+    if limit:
+        res["matmul_limit_gflop_per_s"] = limit
+        res["pct_of_matmul_limit"] = 100 * res["ours"]["gflop_per_s"] / limit
+        res["pct_of_matmul_limit_best_run"] = 100 * res["ours"]["gflop_per_s_best_run"] / limit
+    if cpu1:
+        c_ours, c_hf = min(cpu1["ours"]), min(cpu1["transformers"])
+        res["one_thread_cpu"] = {"ours_s": c_ours, "transformers_s": c_hf, "ours_gflop_per_s": flops / c_ours / 1e9,
+                                 "ours_vs_transformers": c_hf / c_ours}
+        if limit_1thread:
+            res["one_thread_cpu"]["matmul_limit_gflop_per_s"] = limit_1thread
+            res["one_thread_cpu"]["pct_of_matmul_limit"] = 100 * flops / c_ours / 1e9 / limit_1thread
+    del ours, hf
+    return res
+
+
+# ----------------------------------------------------------------------------- 3. pipeline
+def make_frames(directory: Path, count: int, size: tuple[int, int] | None = None) -> list[Path]:
+    """`count` JPEG frames: the shipped examples cycled (or resized to `size`, w×h)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = sorted((REPO / "examples" / "frames").glob("frame_*.jpg"))
+    if size is None:
+        for i in range(count):
+            shutil.copy(sources[i % len(sources)], directory / f"frame_{i:05d}.jpg")
+    else:
+        from PIL import Image
+
+        small = []
+        for src in sources:
+            with Image.open(src) as im:
+                small.append(im.convert("RGB").resize(size))
+        for i in range(count):
+            small[i % len(small)].save(directory / f"frame_{i:05d}.jpg", quality=90)
+    return [p for _, p in find_frames(directory)]
+
+
+def naive_loop(encoder: ClipEncoder, frames: list[Path], out: Path) -> None:
+    """Load → preprocess → forward → save, one window at a time, nothing overlapped."""
+    for w in range(len(frames) // WINDOW):
+        clip = np.stack([load_image(p) for p in frames[w * WINDOW:(w + 1) * WINDOW]])
+        feats = encoder.encode(encoder.preprocess(clip).unsqueeze(0))[0]
+        torch.save({"features": feats}, out / f"naive_{w:05d}.pt")
+
+
+def bench_pipeline(model: str, device: str, windows: int, batch_size: int, reps: int,
+                   configs: list[tuple[int, int]], tmp: Path) -> dict:
+    """Windows/s of: encode() of ready clips, the naive loop, and the extractor with each
+    (DataLoader workers, torch threads in the main process) configuration."""
+    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor, default_num_workers
+
+    frames = make_frames(tmp / "frames", windows * WINDOW)
+    encoder = ClipEncoder(model, device=device)
+    dev = encoder.device
+    threads = torch.get_num_threads()
+    clips = torch.randn(batch_size, 3, WINDOW, encoder.crop, encoder.crop)
+    if dev.type == "cuda":
+        clips = clips.pin_memory()
+    extractors = {w: SequentialVJEPA2Extractor(model, device=device, batch_size=batch_size, num_workers=w,
+                                               overwrite=True) for w in sorted({w for w, _ in configs})}
+
+    def forward_only():
+        for _ in range(windows // batch_size):
+            encoder.encode(clips)
+
+    def naive():
+        out = tmp / "naive"
+        out.mkdir(exist_ok=True)
+        naive_loop(encoder, frames, out)
+
+    def run_extractor(w, t):
+        def fn():
+            torch.set_num_threads(t)
+            try:
+                summary_ = extractors[w].process_frame_directory(tmp / "frames", tmp / f"ours_w{w}")
+            finally:
+                torch.set_num_threads(threads)
+            assert summary_["ok"] == windows, summary_
+        return fn
+
+    fns = {"forward_only": forward_only, "naive": naive,
+           **{f"extractor_w{w}_t{t}": run_extractor(w, t) for w, t in configs}}
+    times = time_calls(fns, reps, dev, warmup=0)
+    res = {"model": model, "windows": windows, "batch_size": batch_size, "window": WINDOW,
+           "default_num_workers": default_num_workers(), "torch_threads": threads,
+           "windows_per_s": {k: windows / statistics.median(t) for k, t in times.items()},
+           "windows_per_s_best_run": {k: windows / min(t) for k, t in times.items()}}
+    default = f"extractor_w{default_num_workers()}_t{threads}"
+    if default not in res["windows_per_s"]:
+        default = f"extractor_w{configs[0][0]}_t{configs[0][1]}"
+    best = max((k for k in res["windows_per_s"] if k.startswith("extractor")), key=res["windows_per_s"].get)
+    rate = res["windows_per_s"]
+    res.update(default_variant=default, best_variant=best,
+               extractor_vs_forward=rate[default] / rate["forward_only"],
+               extractor_vs_naive=rate[default] / rate["naive"],
+               best_extractor_vs_forward=rate[best] / rate["forward_only"],
+               best_extractor_vs_naive=rate[best] / rate["naive"])
+    return res
+
+
+def bench_images(model: str, device: str, count: int, batch_size: int, reps: int, tmp: Path) -> dict:
+    from vjepa2_extractor import VJEPA2Extractor
+
+    images = make_frames(tmp / "images", count)
+    extractors = {f: VJEPA2Extractor(model_name=model, device=device, image_frames=f) for f in (2, 16)}
+
+    def run(f):
+        def fn():
+            for i in range(0, len(images), batch_size):
+                extractors[f].extract_batch(images[i:i + batch_size])
+        return fn
+
+    times = time_calls({f"image_frames_{f}": run(f) for f in (2, 16)}, reps, extractors[2].encoder.device)
+    rates = {k: count / statistics.median(t) for k, t in times.items()}
+    return {"model": model, "images": count, "batch_size": batch_size, "images_per_s": rates,
+            "images_per_s_best_run": {k: count / min(t) for k, t in times.items()},
+            "ratio_2_vs_16": rates["image_frames_2"] / rates["image_frames_16"]}
+
+
+# ----------------------------------------------------------------------------- 4. peak memory
+_MEMORY_CHILD = textwrap.dedent("""
+    import json, logging, resource, sys
+    sys.path.insert(0, {repo!r})
+    logging.disable(logging.WARNING)
+    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    ex = SequentialVJEPA2Extractor({model!r}, device="cpu", img_size={img}, batch_size=1, overwrite=True)
+    summary = ex.process_frame_directory({frames!r}, {out!r}, last_frame={last})
+    assert summary["ok"] == {windows}, summary
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")]
+    print(json.dumps({{"vmhwm_kb": int(hwm[0].split()[1]) if hwm else None,
+                       "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                       "children_ru_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                       "num_workers": ex.num_workers}}))
+""")
+
+
+def bench_memory(model: str, img: int, counts: tuple[int, ...], tmp: Path) -> dict:
+    """RSS high-water mark of a whole sequential extraction of n windows, in a fresh process each.
+
+    The child reports `ru_maxrss` and `VmHWM`. On Linux `ru_maxrss` survives fork+exec: a child
+    of this (large) benchmark process starts at the parent's RSS, so it cannot show the child's
+    own peak. `VmHWM` is the high-water mark of the child's own address space (fresh at exec):
+    that is the figure compared. (Run at the very start, before the parent grows, the two agree.)
+    """
+    frames_dir = tmp / "memframes"
+    make_frames(frames_dir, max(counts) * WINDOW, size=(img + img // 4, img))
+    res = {"model": model, "img_size": img, "runs": {}}
+    for n in counts:
+        code = _MEMORY_CHILD.format(repo=str(REPO), model=model, img=img, frames=str(frames_dir),
+                                    out=str(tmp / f"mem_out_{n}"), last=n * WINDOW - 1, windows=n)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        res["runs"][str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    key = "vmhwm_kb" if res["runs"][str(min(counts))]["vmhwm_kb"] else "ru_maxrss_kb"
+    res["measure"] = key
+    lo, hi = (res["runs"][str(n)][key] for n in (min(counts), max(counts)))
+    res["ratio_max_vs_min"] = hi / lo
+    return res
+
+
+# ----------------------------------------------------------------------------- report
+def pass_fail(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# Benchmark ({'quick' if r['quick'] else 'full'} run, {m['date']})", "",
+             f"{m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"transformers {m['transformers']}, device {m['device']}"
+             + (f" ({m['gpu']})" if "gpu" in m else "")
+             + f"; load average (1/5/15 min) before: {r['load_before']}, after: {r['load_after']}. "
+             f"Times: median of {r['settings']['reps']} runs (encoder depth {r['settings']['depth']}).", ""]
+    if "matmul" in r:
+        lines += ["## Matmul limit: GFLOP/s of [2048, in] × [in, out] at the encoder's Linear shapes", "",
+                  "'mix' = the encoder's four Linear shapes weighted by their FLOPs, each on its faster backend "
+                  "(MKL `torch.matmul` or oneDNN): the rate the encoder would reach if everything ran as fast as its GEMMs.", "",
+                  "| width | dtype | qkv | proj | fc1 | fc2 | mix | mix, 1 thread (CPU time) |", "|---|---|---|---|---|---|---|---|"]
+        for mm in r["matmul"]:
+            cells = [" / ".join(f"{b} {v:.0f}" for b, v in mm["shapes"][s]["gflop_per_s"].items())
+                     for s in ("qkv", "proj", "fc1", "fc2")]
+            one = mm.get("encoder_mix_gflop_per_s_1thread_cpu")
+            lines.append(f"| {mm['width']} | {mm['dtype']} | " + " | ".join(cells) + f" | **{mm['encoder_mix_gflop_per_s']:.0f}** | "
+                         + (f"{one:.0f} |" if one else "– |"))
+    if "encoder" in r:
+        lines += ["", f"## Encoder, 1 clip of {CLIP[0]}×{CLIP[1]}×{CLIP[2]} ({TOKENS} tokens), ours vs transformers.VJEPA2Model (same weights)", "",
+                  "| model | dtype | ours tok/s | ours GFLOP/s | % of matmul mix | HF tok/s | HF GFLOP/s | ours/HF | max abs Δ |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in r["encoder"]:
+            pct = (f"{e['pct_of_matmul_limit']:.0f} % (best run {e['pct_of_matmul_limit_best_run']:.0f} %)"
+                   if "pct_of_matmul_limit" in e else "–")
+            lines.append(f"| {e['label']} | {e['dtype']} | {e['ours']['tokens_per_s']:.0f} | {e['ours']['gflop_per_s']:.0f} | {pct} | "
+                         f"{e['transformers']['tokens_per_s']:.0f} | {e['transformers']['gflop_per_s']:.0f} | "
+                         f"{e['ours_vs_transformers']:.2f}× | {e['max_abs_diff']:.1e} |")
+        ones = [e for e in r["encoder"] if "one_thread_cpu" in e]
+        if ones:
+            lines += ["", "Same, measured as CPU time of one thread (`torch.set_num_threads(1)`, `time.thread_time`, "
+                      "minimum over runs, matmul mix measured the same way): much less sensitive to other processes "
+                      "on the machine than wall time.", "",
+                      "| model | ours GFLOP/s | % of 1-thread matmul mix | ours/HF |", "|---|---|---|---|"]
+            for e in ones:
+                o = e["one_thread_cpu"]
+                pct = f"{o['pct_of_matmul_limit']:.0f} %" if "pct_of_matmul_limit" in o else "–"
+                lines.append(f"| {e['label']} | {o['ours_gflop_per_s']:.0f} | {pct} | {o['ours_vs_transformers']:.2f}× |")
+    if "pipeline" in r:
+        p = r["pipeline"]
+        lines += ["", f"## Frame-folder extraction ({p['model']}, {p['windows']} windows of {WINDOW} frames, batch {p['batch_size']})",
+                  "", "| variant | windows/s |", "|---|---|"]
+        names = {"forward_only": "forward pass alone (encode of ready clips)",
+                 "naive": "naive serial loop (load → preprocess → forward → save)"}
+        for k, v in p["windows_per_s"].items():
+            if k in names:
+                label = names[k]
+            else:
+                w, t = k.removeprefix("extractor_w").split("_t")
+                label = (f"SequentialVJEPA2Extractor, {w} workers, {t} torch threads"
+                         + (" (default workers)" if k == p["default_variant"] else ""))
+            lines.append(f"| {label} | {v:.3f} |")
+        lines += ["", f"extractor (default workers) / forward-only: **{p['extractor_vs_forward']:.2f}×**, "
+                  f"/ naive: **{p['extractor_vs_naive']:.2f}×**. Best configuration: {p['best_variant']} "
+                  f"({p['best_extractor_vs_forward']:.2f}× forward-only, {p['best_extractor_vs_naive']:.2f}× naive)."]
+    if "images" in r:
+        im = r["images"]
+        lines += ["", f"## Images ({im['model']}, {im['images']} images, batch {im['batch_size']}, VJEPA2Extractor.extract_batch)", "",
+                  "| image_frames | images/s |", "|---|---|",
+                  f"| 2 | {im['images_per_s']['image_frames_2']:.2f} |", f"| 16 | {im['images_per_s']['image_frames_16']:.2f} |",
+                  "", f"image_frames 2 vs 16: **{im['ratio_2_vs_16']:.1f}×**"]
+    if "memory" in r:
+        mem = r["memory"]
+        lines += ["", f"## Peak memory of a sequential extraction ({mem['model']}, {mem['img_size']} px crop; fresh process each)", "",
+                  "| windows | VmHWM (MB) | ru_maxrss (MB) | workers' ru_maxrss (MB) |", "|---|---|---|---|"]
+        for n, v in mem["runs"].items():
+            hwm = f"{v['vmhwm_kb'] / 1024:.0f}" if v["vmhwm_kb"] else "–"
+            lines.append(f"| {n} | {hwm} | {v['ru_maxrss_kb'] / 1024:.0f} | {v['children_ru_maxrss_kb'] / 1024:.0f} |")
+        lines += ["", f"100 vs 10 windows ({mem['measure']}): **{mem['ratio_max_vs_min']:.3f}×**"]
+    lines += ["", "## Targets", "", "| target | value | |", "|---|---|---|"]
+    for t in r["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {pass_fail(t['met'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(r: dict) -> list[dict]:
+    out = []
+    for e in r.get("encoder", []):
+        if e["dtype"] == "float32":
+            out.append({"target": f"{e['label']}: ours ≥ 1.0× transformers", "value": f"{e['ours_vs_transformers']:.2f}×",
+                        "met": e["ours_vs_transformers"] >= 1.0})
+            out.append({"target": f"{e['label']}: max abs Δ vs transformers ≤ 1e-4", "value": f"{e['max_abs_diff']:.1e}",
+                        "met": e["max_abs_diff"] <= 1e-4})
+            if "pct_of_matmul_limit" in e and r["machine"]["device"] == "cpu":
+                one = e.get("one_thread_cpu", {}).get("pct_of_matmul_limit")
+                out.append({"target": f"{e['label']}: ≥ 85 % of matmul GFLOP/s (CPU)",
+                            "value": f"{e['pct_of_matmul_limit']:.0f} % (wall, {r['machine']['torch_threads']} threads)",
+                            "met": e["pct_of_matmul_limit"] >= 85})
+                if one:
+                    out.append({"target": f"{e['label']}: ≥ 85 % of matmul GFLOP/s (1-thread CPU time)",
+                                "value": f"{one:.0f} %", "met": one >= 85})
+    if "pipeline" in r:
+        p = r["pipeline"]
+        out.append({"target": "extraction (default workers) ≥ 0.9× forward-only", "value": f"{p['extractor_vs_forward']:.2f}×",
+                    "met": p["extractor_vs_forward"] >= 0.9})
+        out.append({"target": "extraction (default workers) never slower than the naive loop",
+                    "value": f"{p['extractor_vs_naive']:.2f}×", "met": p["extractor_vs_naive"] >= 1.0})
+    if "images" in r:
+        im = r["images"]
+        out.append({"target": "image_frames=2 ≥ 6× the images/s of 16", "value": f"{im['ratio_2_vs_16']:.1f}×",
+                    "met": im["ratio_2_vs_16"] >= 6})
+    if "memory" in r:
+        out.append({"target": "peak RSS 100 windows ≤ 1.10× 10 windows", "value": f"{r['memory']['ratio_max_vs_min']:.3f}×",
+                    "met": r["memory"]["ratio_max_vs_min"] <= 1.10})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few minutes: shallower models, fewer repetitions")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--depth", type=int, default=None, help="encoder blocks (default: 2 quick, 4 full)")
+    p.add_argument("--reps", type=int, default=None, help="timed runs per measurement (default: 3 quick, 4 full)")
+    p.add_argument("--output_dir", default=str(REPO / "bench"))
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("src", "vjepa2_sequential_extractor", "vjepa2_extractor", "src.models.weights"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    depth = args.depth or (2 if args.quick else 4)
+    reps = args.reps or (3 if args.quick else 4)
+    dtypes = [torch.float32] if device.type == "cpu" else [torch.bfloat16, torch.float16]
+
+    sections = args.only or SECTIONS
+    r = {"quick": args.quick, "machine": machine_info(device), "load_before": load_average(),
+         "settings": {"depth": depth, "reps": reps, "clip": CLIP, "sections": sections}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "memory" in sections:  # first, while this process is small (see bench_memory)
+            log.info("peak memory ...")
+            r["memory"] = bench_memory("random:tiny", 64, (10, 100), tmp)
+        if "matmul" in sections or "encoder" in sections:
+            log.info("matmul limit ...")
+            r["matmul"] = [bench_matmul(w, ratio, TOKENS, dt, device, max(reps, 5))
+                           for w, ratio in ((1024, 4.0), (1408, 48 / 11)) for dt in dtypes]
+        if "encoder" in sections:
+            limits = {(mm["width"], mm["dtype"]): mm["encoder_mix_gflop_per_s"] for mm in r["matmul"]}
+            limits1 = {(mm["width"], mm["dtype"]): mm["encoder_mix_gflop_per_s_1thread_cpu"] for mm in r["matmul"]}
+            r["encoder"] = []
+            for label, arch in ((f"ViT-L width (1024/16 heads), depth {depth}", "vit_large"),
+                                (f"ViT-g width (1408/22 heads), depth {depth}", "vit_giant_xformers")):
+                for dt in dtypes:
+                    log.info("encoder %s %s ...", arch, dt)
+                    width = 1024 if arch == "vit_large" else 1408
+                    key = (width, str(dt).removeprefix("torch."))
+                    r["encoder"].append(bench_encoder(label, arch, depth, dt, device, reps, limits.get(key),
+                                                      limits1.get(key)))
+        pipe_model = f"random:vit_large,depth={depth}"
+        if "pipeline" in sections:
+            log.info("pipeline ...")
+            from vjepa2_sequential_extractor import default_num_workers
+
+            threads = torch.get_num_threads()
+            configs = [(0, threads), (default_num_workers(), threads)]
+            if args.device == "cpu" and not args.quick:
+                configs += [(1, threads), (1, max(1, threads - 1))]  # threads = cores − workers
+            configs = list(dict.fromkeys(configs))
+            # the extractor's default batch size (1) on CPU: bigger batches are slower per window
+            # there (activations outgrow the caches); batches of 4 feed a GPU better
+            r["pipeline"] = bench_pipeline(pipe_model, args.device, windows=4, batch_size=1 if args.device == "cpu" else 4,
+                                           reps=max(2, reps - 1), configs=configs, tmp=tmp)
+        if "images" in sections:
+            log.info("images ...")
+            r["images"] = bench_images(pipe_model, args.device, count=8, batch_size=4, reps=2, tmp=tmp)
+    r["load_after"] = load_average()
+    r["targets"] = targets(r)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    md = markdown(r)
+    (out / "results.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
