@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src import cli, features, frames, sharding
 from src.inference import ClipEncoder
-from src.windows import check_frame_size
+from src.windows import check_frame_size, default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
 
@@ -98,11 +98,12 @@ class VJEPA2Extractor:
         dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto".
         img_size: crop size (default: the model's).
         checkpoint_key: entry of an original .pt to load.
+        compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
     """
 
     def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
                  use_fp16: bool = False, image_frames: int = 16, dtype: str | None = None,
-                 img_size: int | None = None, checkpoint_key: str = "encoder"):
+                 img_size: int | None = None, checkpoint_key: str = "encoder", compile: bool = False):
         if isinstance(image_frames, bool) or not isinstance(image_frames, (int, np.integer)) \
                 or image_frames < 2 or image_frames % 2:
             raise ValueError(f"image_frames must be an even integer >= 2, got {image_frames!r}")
@@ -110,7 +111,7 @@ class VJEPA2Extractor:
         if dtype is None:
             dtype = "fp16" if use_fp16 else "auto"
         self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
-                                   img_size=img_size, checkpoint_key=checkpoint_key)
+                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile)
         tp, hp, wp = self.grid  # raises here if image_frames does not tile into tubelets
         logger.info(
             "each image is repeated to %d frames → %d temporal × %d×%d spatial = %d tokens per image (%s)",
@@ -413,10 +414,6 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
 # --------------------------------------------------------------------------- CLI
 
 
-def _default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 parents=[cli.common_parser()])
@@ -433,8 +430,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_frames", type=int, choices=[2, 16], default=16,
                    help="frames each image is repeated to: 16 → 8 temporal tokens, 2 → 1 (fast)")
     g.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
-    g.add_argument("--num_workers", type=int, default=_default_workers(),
-                   help="image-decoding worker processes (0: in the main process; default %(default)s)")
+    g.add_argument("--num_workers", type=int, default=None,
+                   help="image-decoding worker processes (0: in the main process; default: 0 on CPU, min(4, cores-1) on GPU)")
     g = p.add_argument_group("sharding (several processes or nodes)")
     g.add_argument("--shard", default=None, metavar="i/N",
                    help="process shard i of N (default: from RANK/WORLD_SIZE, SLURM_*, PBS_ARRAY_INDEX)")
@@ -449,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("chunk_size", "batch_size"):
         if getattr(args, flag) < 1:
             raise cli.UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise cli.UsageError(f"--num_workers must be >= 0, got {args.num_workers}")
     try:
         shard_index, num_shards = sharding.resolve_shard(args.shard, args.num_shards)
@@ -478,14 +475,16 @@ def main(argv: list[str] | None = None) -> int:
         return cli.EXIT_OK
 
     extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
-                                dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key)
+                                dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
+                                compile=args.compile)
+    num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm(loggers=[logging.getLogger()]):
         summary = extract_directory(
             extractor.encoder, args.image_dir, mine, output_dir,
             shard=(shard_index, num_shards), image_frames=args.image_frames, chunk_size=args.chunk_size,
-            batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite,
+            batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
         )
     logger.info(
         "shard %d/%d: %d done, %d skipped (already complete), %d failed in %.1f s (%.1f images/s); "

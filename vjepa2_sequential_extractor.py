@@ -29,18 +29,13 @@ from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gap
 from src.inference import ClipEncoder
 from src.models.weights import DEFAULT_HUB_MODEL
 from src.windows import (
-    TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, plan_windows, temporal_mapping, worker_init,
+    TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
+    temporal_mapping, worker_init,
 )
 
 logger = logging.getLogger("vjepa2_sequential_extractor")
 
 VIDEO_LIST_SUFFIXES = (".txt", ".lst", ".list")
-
-
-def default_num_workers() -> int:
-    import os
-
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 class SequentialVJEPA2Extractor:
@@ -61,13 +56,14 @@ class SequentialVJEPA2Extractor:
         frame_pattern: regex with one group capturing the frame number in a file name.
         allow_gaps: proceed over missing frame numbers (reported either way).
         shard: (index, count) of the windows this process handles.
+        compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
     """
 
     def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
                  img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
-                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder"):
+                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder", compile: bool = False):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
         except ValueError as exc:
@@ -75,10 +71,10 @@ class SequentialVJEPA2Extractor:
         if batch_size <= 0:
             raise cli.UsageError(f"--batch_size must be positive, got {batch_size}")
         self.encoder = ClipEncoder(model_name, device=device, dtype=dtype, img_size=img_size,
-                                   checkpoint_key=checkpoint_key)
+                                   checkpoint_key=checkpoint_key, compile=compile)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.num_workers = default_num_workers(self.encoder.device) if num_workers is None else num_workers
         self.fmt, self.overwrite, self.frame_pattern, self.allow_gaps = fmt, overwrite, frame_pattern, allow_gaps
         self.shard = shard
 
@@ -261,7 +257,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     win.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window)")
     win.add_argument("--tail", choices=TAIL_MODES, default="pad", help="last partial window: pad (repeat last frame) or drop")
     win.add_argument("--batch_size", type=int, default=1, help="windows per forward pass")
-    win.add_argument("--num_workers", type=int, default=None, help="decoding workers (default: min(4, cores-1))")
+    win.add_argument("--num_workers", type=int, default=None, help="decoding workers (default: 0 on CPU, min(4, cores-1) on GPU)")
     win.add_argument("--format", choices=["pt", "safetensors"], default="pt")
     win.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     win.add_argument("--shard", default=None, help="i/N: this process's share of the windows")
@@ -304,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
-        allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key,
+        allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}

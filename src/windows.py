@@ -8,6 +8,7 @@ repeated; `drop` leaves them out with a warning. Nothing is lost silently.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -149,6 +150,18 @@ def collate_windows(items: list[dict]) -> dict:
         "image_hw": [it["image_hw"] for it in ok],
         "errors": [(it["window"], it["error"]) for it in items if "error" in it],
     }
+
+
+def default_num_workers(device: torch.device | str | None = None) -> int:
+    """DataLoader workers when none are asked for: 0 on a CPU, min(4, cores − 1) on a GPU.
+
+    On a CPU the forward pass wants every core and decoding is a few % of its time, so a worker
+    costs more than it hides (bench/PERFORMANCE.md: 4–27 % slower with 1 worker on 2 cores); a
+    GPU needs workers to stay fed.
+    """
+    if device is None or torch.device(device).type == "cpu":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def worker_init(_worker_id: int) -> None:
