@@ -167,7 +167,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def _torch_load(path: Path) -> Any:
+def _load_pickle_free(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file does not exist")
     if not zipfile.is_zipfile(path):
@@ -276,7 +276,7 @@ def load_features(path: str | os.PathLike) -> dict:
     """Read a window feature record written by :func:`save_features`."""
     path = Path(path)
     fmt = _format_for(path, None)
-    record = _torch_load(path) if fmt == "pt" else _load_safetensors(path)
+    record = _load_pickle_free(path) if fmt == "pt" else _load_safetensors(path)
     if not isinstance(record, dict) or not isinstance(record.get("features"), torch.Tensor):
         raise ValueError(f"{path}: not a valid feature file (no 'features' tensor)")
     return record
@@ -314,7 +314,7 @@ def save_chunk(chunk: dict, path: str | os.PathLike) -> Path:
 def load_chunk(path: str | os.PathLike) -> dict:
     """Read a chunk file written by :func:`save_chunk`."""
     path = Path(path)
-    chunk = _torch_load(path)
+    chunk = _load_pickle_free(path)
     _check_chunk(chunk, path, "not a valid feature file")
     return chunk
 
@@ -343,7 +343,7 @@ def is_complete(path: str | os.PathLike) -> bool:
         fmt = _format_for(path, None)
         if fmt == "safetensors":
             return _record_complete(_load_safetensors(path))
-        obj = _torch_load(path)
+        obj = _load_pickle_free(path)
         if not isinstance(obj, dict):
             return False
         if isinstance(obj.get("features"), torch.Tensor):

@@ -290,7 +290,7 @@ def infer_architecture(state_dict: dict) -> dict:
     )
 
 
-def _torch_load(path: Path) -> object:
+def _load_pickle_free(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file …
@@ -302,7 +302,7 @@ def load_original_checkpoint(
 ) -> VisionTransformer:
     """Encoder from an original V-JEPA 2 `.pt` (architecture inferred from tensor shapes)."""
     path = Path(path)
-    ckpt = _torch_load(path)
+    ckpt = _load_pickle_free(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if checkpoint_key in ckpt:
@@ -341,7 +341,7 @@ def _read_hf_weights(directory: Path) -> dict:
     if bins:
         state_dict = {}
         for f in bins:
-            state_dict.update(_torch_load(f))
+            state_dict.update(_load_pickle_free(f))
         return state_dict
     raise ModelSpecError(f"{directory}: no *.safetensors or pytorch_model*.bin weights next to config.json")
 
@@ -461,7 +461,7 @@ def load_classifier(
     path = Path(path)
     if not path.is_file():
         raise ModelSpecError(f"{path}: no such probe file")
-    ckpt = _torch_load(path)
+    ckpt = _load_pickle_free(path)
     if isinstance(ckpt, dict) and "classifiers" in ckpt:
         classifiers = ckpt["classifiers"]
         state_dict = classifiers[0] if isinstance(classifiers, (list, tuple)) else classifiers
