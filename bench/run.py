@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from src.frames import find_frames, load_image  # noqa: E402
 from src.inference import ClipEncoder  # noqa: E402
+from src.package import cpu_name  # noqa: E402
 from src.models import vision_transformer as vt  # noqa: E402
 from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
 
@@ -101,14 +102,7 @@ def load_average() -> list[float] | None:
 
 # ----------------------------------------------------------------------------- machine
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import transformers
 
     info = {
