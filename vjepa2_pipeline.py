@@ -139,7 +139,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                     overlays = {m: annotate(img, f"{m.upper()}  {label}") for m, img in overlays.items()}
                 views = {m: overlays[m] for m in ("umap", "pca") if m in todo["views"]}
                 if "stacked" in todo["views"]:
-                    views["stacked"] = stack_vertical([original, side_by_side(list(overlays.values()))])
+                    views["stacked"] = stack_vertical([original, side_by_side(list(overlays.values()))], align="center")
                 if "combined" in writers:
                     composed = {"combined": side_by_side(list(views.values()))}
                 else:

@@ -132,6 +132,25 @@ def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
         raise ValueError(f"{name}: cannot read image (unsupported mode {mode}: {exc})") from exc
 
 
+# File signatures of formats Pillow reads, to tell "not an image" from "an image Pillow cannot
+# decode" (e.g. a TIFF with 2 samples per pixel) when Pillow identifies nothing.
+_SIGNATURES = {
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
+}
+
+
+def _signature_format(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
+
+
 def load_image(src: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
     """Read an image as an ``[H, W, 3]`` uint8 RGB array.
 
@@ -170,8 +189,10 @@ def load_image(src: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
         # UnidentifiedImageError is an OSError; truncated data raises OSError too.
         if path.stat().st_size == 0:
             reason = "empty file"
-        elif isinstance(exc, UnidentifiedImageError):
-            reason = "not a recognised image format"  # PIL's own text names the file handle
+        elif isinstance(exc, UnidentifiedImageError):  # PIL's own text names the file handle
+            kind = _signature_format(path)
+            reason = (f"a {kind} file, but not one Pillow can decode (unsupported layout, or damaged)"
+                      if kind else "not a recognised image format")
         else:
             reason = str(exc)
         raise ValueError(f"{path}: cannot read image ({reason})") from exc
@@ -308,10 +329,14 @@ class VideoReader:
             vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
             num_frames = len(vr)
             fps = float(vr.get_avg_fps())
+            # Decode frame 0 now: decord 0.6 opens videos narrower than 64 px but fails on every
+            # frame copy ("DECORDArrayCopyFromTo"); failing here lets "auto" fall back to PyAV.
+            first = vr.get_batch([0]).asnumpy()[0] if num_frames > 0 else None
         except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ traces
             raise ValueError(f"{self.path}: cannot read video ({_short(exc)})") from exc
         if num_frames <= 0:
             raise ValueError(f"{self.path}: cannot read video (no frames)")
+        self._shape = (int(first.shape[0]), int(first.shape[1]))
         self._vr = vr
         self._num_frames = num_frames
         self._fps = fps

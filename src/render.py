@@ -202,20 +202,25 @@ def annotate(image, text: str, *, margin: int = 2, padding: int = 3) -> np.ndarr
     return np.asarray(pil, dtype=np.uint8).copy()
 
 
-def _stack(images, axis: int, gap: int, name: str) -> np.ndarray:
+def _stack(images, axis: int, gap: int, name: str, align: str = "start") -> np.ndarray:
     arrays = [_as_rgb(im, f"{name} image {i}") for i, im in enumerate(images)]
     if not arrays:
         raise ValueError(f"{name}: need at least one image")
     if gap < 0:
         raise ValueError(f"{name}: gap must be >= 0, got {gap}")
+    if align not in ("start", "center"):
+        raise ValueError(f"{name}: align must be 'start' or 'center', got '{align}'")
     other = 1 - axis  # the dimension that must agree: width when stacking rows
     size = max(a.shape[other] for a in arrays)
     parts = []
     for i, a in enumerate(arrays):
         if a.shape[other] < size:
-            # Pad at the end (right/bottom) with black so the top-left corners align.
+            # Pad with black: at the end (right/bottom) so the top-left corners align, or on
+            # both sides (the odd pixel at the end) to centre it.
+            extra = size - a.shape[other]
+            before = extra // 2 if align == "center" else 0
             pad = [(0, 0), (0, 0), (0, 0)]
-            pad[other] = (0, size - a.shape[other])
+            pad[other] = (before, extra - before)
             a = np.pad(a, pad)
         if i and gap:
             shape = [0, 0, 3]
@@ -225,14 +230,16 @@ def _stack(images, axis: int, gap: int, name: str) -> np.ndarray:
     return np.concatenate(parts, axis=axis)
 
 
-def stack_vertical(images: Sequence, gap: int = 0) -> np.ndarray:
-    """Stack RGB images top to bottom, padding narrower ones with black on the right."""
-    return _stack(images, axis=0, gap=gap, name="stack_vertical")
+def stack_vertical(images: Sequence, gap: int = 0, align: str = "start") -> np.ndarray:
+    """Stack RGB images top to bottom, padding narrower ones with black on the right
+    (`align="start"`) or on both sides (`align="center"`)."""
+    return _stack(images, axis=0, gap=gap, name="stack_vertical", align=align)
 
 
-def side_by_side(images: Sequence, gap: int = 0) -> np.ndarray:
-    """Place RGB images left to right, padding shorter ones with black at the bottom."""
-    return _stack(images, axis=1, gap=gap, name="side_by_side")
+def side_by_side(images: Sequence, gap: int = 0, align: str = "start") -> np.ndarray:
+    """Place RGB images left to right, padding shorter ones with black at the bottom
+    (`align="start"`) or above and below (`align="center"`)."""
+    return _stack(images, axis=1, gap=gap, name="side_by_side", align=align)
 
 
 # --------------------------------------------------------------------------- output

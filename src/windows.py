@@ -89,12 +89,17 @@ class _WindowDataset(Dataset):
     def read(self, positions: list[int]) -> np.ndarray:
         raise NotImplementedError
 
+    def frame_name(self, position: int) -> str:
+        """How an error message names the frame at sequence `position`."""
+        return f"frame {position}"
+
     def __getitem__(self, k: int) -> dict:
         window = self.windows[k]
         try:
             unique = sorted(set(window.positions))
             frames = self.read(unique)  # [U, H, W, 3]
-            check_frame_size(frames.shape[1], frames.shape[2], self.min_side)
+            # read() checked that a window's frames share one size: naming the first names them all
+            check_frame_size(frames.shape[1], frames.shape[2], self.min_side, name=self.frame_name(unique[0]))
             lookup = {p: i for i, p in enumerate(unique)}
             clip = frames[[lookup[p] for p in window.positions]]
             return {"window": k, "clip": self.preprocess(clip), "image_hw": tuple(frames.shape[1:3])}
@@ -117,6 +122,9 @@ class FrameWindowDataset(_WindowDataset):
                              f"({self.frame_paths[positions[0]].name}..{self.frame_paths[positions[-1]].name})")
         return np.stack(images)
 
+    def frame_name(self, position: int) -> str:
+        return f"frame {self.frame_paths[position].name}"
+
 
 class VideoWindowDataset(_WindowDataset):
     """Windows over a video's frames `frame_indices` (source indices, e.g. every `frame_step`-th).
@@ -134,6 +142,9 @@ class VideoWindowDataset(_WindowDataset):
         if self._reader is None:
             self._reader = VideoReader(self.video_path, backend=self.backend)
         return self._reader.get_frames([self.frame_indices[p] for p in positions])
+
+    def frame_name(self, position: int) -> str:
+        return f"{self.video_path.name} frame {self.frame_indices[position]}"
 
     def __getstate__(self):  # never ship an open decoder to a worker process
         state = dict(self.__dict__)

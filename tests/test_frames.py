@@ -251,6 +251,17 @@ def test_unreadable_files_raise_value_error_naming_path(tmp_path):
         assert str(path) in str(info.value)
 
 
+def test_unidentified_file_says_whether_it_looks_like_an_image(tmp_path):
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image at all")
+    png_junk = tmp_path / "junk.png"
+    png_junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    with pytest.raises(ValueError, match=r"text.jpg: cannot read image \(not a recognised image format\)"):
+        frames.load_image(text)
+    with pytest.raises(ValueError, match=r"junk.png: cannot read image \(a PNG file, but not one Pillow can decode"):
+        frames.load_image(png_junk)
+
+
 def test_missing_image_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         frames.load_image(tmp_path / "missing.png")
@@ -396,6 +407,27 @@ def test_auto_falls_back_to_pyav_without_decord(synthetic_video, monkeypatch):
         assert vr.get_frames([3]).shape == (1, 48, 64, 3)
     with pytest.raises(ValueError, match="decord is not installed"):
         frames.VideoReader(synthetic_video, backend="decord")
+
+
+@pytest.mark.skipif(not _decord_available(), reason="decord not installed")
+def test_narrow_video_decord_cannot_copy_falls_back_to_pyav(tmp_path, caplog):
+    """decord 0.6 opens a 48 px wide video but fails on every frame copy; "auto" must use PyAV."""
+    path = tmp_path / "narrow.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 64, "yuv420p"
+        for i in range(6):
+            image = np.full((64, 48, 3), 40 * i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with pytest.raises(ValueError, match="narrow.mp4: cannot read video"):
+        frames.VideoReader(path, backend="decord")
+    with frames.VideoReader(path) as vr:
+        assert vr.backend == "pyav" and (vr.height, vr.width) == (64, 48)
+        got = vr.get_frames([1, 5])
+        assert got.shape == (2, 64, 48, 3)
+        assert np.abs(got.mean(axis=(1, 2, 3)) - [40, 200]).max() < 3
+    assert "trying PyAV" in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])

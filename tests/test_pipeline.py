@@ -71,6 +71,9 @@ def test_mp4_and_gif_frames_map_one_to_one(full_run):
     assert gif.n_frames == 40 and set(durations) == {130}  # 1/8 s, to the nearest centisecond GIF can store
     stacked = Image.open(full_run / "videos" / "stacked.gif")
     assert stacked.size == (1280, 544)  # original above, the two overlays side by side below
+    top = np.asarray(stacked.convert("RGB"))[:272]
+    lit = np.nonzero(top.max(axis=(0, 2)) > 16)[0]  # columns the original covers (black margins either side)
+    assert abs((lit.min() + lit.max() + 1) / 2 - 640) <= 8 and lit.max() + 1 - lit.min() >= 600  # centred, 640 wide
 
 
 def test_pngs_sizes_and_overlay_region_is_the_crop_box(full_run, bikes_frames):

@@ -472,7 +472,8 @@ EXPECTED_IMAGE_ERRORS = {
     "empty.png": "cannot read image (empty file)",
     "corrupt.jpg": "cannot read image (",  # JPEG magic + random bytes: PIL's reason varies
     "tiny.png": "image is 8×8 px, smaller than one 16 px patch",
-    "twoch.tif": "cannot read image",  # a valid TIFF whose 2-sample pixels have no RGB reading
+    # a valid TIFF whose 2-sample pixels have no RGB reading
+    "twoch.tif": "cannot read image (a TIFF file, but not one Pillow can decode (unsupported layout, or damaged))",
 }
 
 
@@ -505,7 +506,7 @@ def test_frame_folder_with_bad_frames_fails_only_their_windows(corpus, per_input
         0: "ok", 1: "failed", 2: "failed", 3: "failed", 4: "ok"}
     problems = {
         1: f"{corpus.bad_frames / 'frame_0005.png'}: cannot read image",
-        2: "frame is 8×8 px, smaller than one 16 px patch",
+        2: "frame frame_0008.png is 8×8 px, smaller than one 16 px patch",
         3: "frames of different sizes in one window",
     }
     for k, problem in problems.items():

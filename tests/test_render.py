@@ -149,6 +149,20 @@ def test_stack_and_side_by_side_pad_with_black():
     assert np.all(s[:, 20:22] == 0) and np.all(s[:6, 22:] == 100) and np.all(s[6:, 22:] == 0)
 
 
+def test_stack_center_pads_both_sides():
+    wide = np.full((4, 25, 3), 200, np.uint8)
+    narrow = np.full((2, 10, 3), 100, np.uint8)
+    v = stack_vertical([narrow, wide], align="center")
+    assert v.shape == (6, 25, 3)
+    assert np.all(v[:2, :7] == 0) and np.all(v[:2, 7:17] == 100) and np.all(v[:2, 17:] == 0)  # 7 left, 8 right
+    assert np.all(v[2:] == 200)
+    s = side_by_side([wide, narrow], align="center")
+    assert s.shape == (4, 35, 3)
+    assert np.all(s[0, 25:] == 0) and np.all(s[1:3, 25:] == 100) and np.all(s[3, 25:] == 0)
+    with pytest.raises(ValueError, match="align must be 'start' or 'center', got 'left'"):
+        stack_vertical([narrow, wide], align="left")
+
+
 # --------------------------------------------------------------------------- files
 
 

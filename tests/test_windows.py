@@ -55,3 +55,40 @@ def test_bad_plans(kwargs, message):
 def test_temporal_mapping_pairs():
     assert temporal_mapping([5, 6, 7, 8]) == [[5, 6], [7, 8]]
     assert Window(0, (1, 2)).real_positions == (1, 2)
+
+
+def _tiny_video(path, frames: int, size: int):
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), 30 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_too_small_frames_are_named_by_file_or_video_frame(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from src.windows import FrameWindowDataset, VideoWindowDataset
+
+    def preprocess(clip):
+        raise AssertionError("a too-small window must fail before preprocessing")
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"img_{i:03d}.png")
+        Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(paths[-1])
+    item = FrameWindowDataset(paths, plan_windows(4, window=2), preprocess, min_side=16)[1]
+    assert item == {"window": 1, "error": "frame img_002.png is 12×8 px, smaller than one 16 px patch"}
+
+    video = _tiny_video(tmp_path / "tiny.mp4", frames=8, size=16)
+    # every 2nd source frame: window 1 covers source frames 4 and 6
+    item = VideoWindowDataset(video, [0, 2, 4, 6], plan_windows(4, window=2), preprocess, min_side=32)[1]
+    assert item == {"window": 1, "error": "tiny.mp4 frame 4 is 16×16 px, smaller than one 32 px patch"}
