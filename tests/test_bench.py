@@ -1,0 +1,63 @@
+"""bench/run.py's arithmetic and its MFU section on a tiny CPU model (no timing assertions)."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench_run():
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.4),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.4),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA A100 80GB PCIe", 312.0),
+    ("NVIDIA L40S", 362.1),
+    ("NVIDIA L4", 121.0),
+    ("NVIDIA A10", 125.0),
+    ("NVIDIA L40", None),  # not L4, not L40S: unknown, so the MFU asks for --peak_tflops
+    ("NVIDIA GeForce RTX 4090", None),
+])
+def test_gpu_peak_table(bench_run, name, peak):
+    assert bench_run.gpu_bf16_peak_tflops(name) == peak
+
+
+def test_mfu_section_counts_flops_and_divides_by_the_peak(bench_run):
+    res = bench_run.bench_mfu("tiny", 32, None, torch.float32, torch.device("cpu"), [1, 2], reps=1,
+                              peak_tflops=2.0, matmul_reps=1)
+    model = bench_run.vt.FACTORIES["tiny"](img_size=32, num_frames=16)
+    assert res["tokens_per_clip"] == 8 * 2 * 2 and res["depth"] == model.depth
+    assert res["tflops_per_clip"] == pytest.approx(bench_run.vt.count_forward_flops(model, 16, 32, 32) / 1e12)
+    assert [r["batch"] for r in res["runs"]] == [1, 2]
+    for run in res["runs"]:
+        expected = run["batch"] * res["tflops_per_clip"] / run["median_s"]
+        assert run["tflop_per_s"] == pytest.approx(expected)
+        assert run["mfu_pct"] == pytest.approx(100 * expected / 2.0)
+        assert run["pct_of_matmul_limit"] == pytest.approx(100 * expected / run["matmul_limit_tflop_per_s"])
+    assert res["best_tflop_per_s"] == max(r["tflop_per_s"] for r in res["runs"])
+
+
+def test_cli_mfu_only_writes_json_and_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "mfu", "--mfu_arch", "tiny",
+                           "--mfu_img", "32", "--mfu_batch", "1", "--reps", "1", "--peak_tflops", "4",
+                           "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["settings"]["sections"] == ["mfu"] and set(r) >= {"machine", "mfu", "targets"}
+    assert r["mfu"][0]["peak_tflops"] == 4.0 and "mfu_pct" in r["mfu"][0]["runs"][0]
+    md = (tmp_path / "results.md").read_text()
+    assert "## Model FLOPs utilisation: tiny/32" in md and "device peak 4 TFLOP/s" in md
