@@ -79,7 +79,11 @@ fi
 # GPUs: the ones CUDA_VISIBLE_DEVICES lists when it is set, else those nvidia-smi lists.
 GPUS=()
 if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
-    IFS=',' read -r -a GPUS <<< "$CUDA_VISIBLE_DEVICES"
+    IFS=',' read -r -a listed <<< "$CUDA_VISIBLE_DEVICES"
+    for g in ${listed[@]+"${listed[@]}"}; do
+        g="${g//[[:space:]]/}"  # "0, 1" is two GPUs, "0" and "1"
+        [[ -n "$g" ]] && GPUS+=("$g")
+    done
     if [[ ${#GPUS[@]} -gt 0 && "${GPUS[0]}" == "-1" ]]; then GPUS=(); fi
 elif command -v nvidia-smi >/dev/null 2>&1; then
     count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
@@ -93,6 +97,17 @@ if (( NGPUS == 0 )); then
         cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
         export OMP_NUM_THREADS=$(( cores / NUM > 1 ? cores / NUM : 1 ))
     fi
+fi
+
+# DataLoader workers per shard on GPUs: the cores shared out among the shards (each extractor would
+# otherwise start min(4, cores - 1) of its own). A --num_workers in the extra args wins.
+WORKER_ARGS=()
+if (( NGPUS > 0 )); then
+    cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+    per_shard=$(( cores / NUM - 1 ))
+    (( per_shard > 4 )) && per_shard=4
+    (( per_shard < 1 )) && per_shard=1
+    WORKER_ARGS=(--num_workers "$per_shard")
 fi
 
 mkdir -p "$OUTPUT_DIR/logs"
@@ -114,7 +129,7 @@ for ((i = 0; i < NUM; i++)); do
         gpu=${GPUS[i % NGPUS]}
         echo "shard $i/$NUM: GPU $gpu, log $log"
         # --device before the extra args, so a --device given there wins.
-        CUDA_VISIBLE_DEVICES="$gpu" "${cmd[@]}" --device cuda ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1 &
+        CUDA_VISIBLE_DEVICES="$gpu" "${cmd[@]}" --device cuda "${WORKER_ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1 &
     else
         echo "shard $i/$NUM: CPU, log $log"
         "${cmd[@]}" --device cpu ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1 &

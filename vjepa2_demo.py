@@ -96,7 +96,8 @@ def load_hf_model(spec: str, device: torch.device):
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(spec).to(device).eval()
+        # fp32 like ours (transformers 5 would otherwise keep a checkpoint's stored dtype, e.g. bf16)
+        return AutoModel.from_pretrained(spec, dtype=torch.float32).to(device).eval()
     except Exception as exc:
         raise ModelSpecError(
             f"transformers cannot load '{spec}' ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
@@ -154,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             hf_features = hf_model.get_vision_features(clip.permute(0, 2, 1, 3, 4))
         print(f"HF features:   {tuple(hf_features.shape)}")
         if features is not None and features.shape == hf_features.shape:
-            diff = (features - hf_features).abs()
+            diff = (features.float() - hf_features.float()).abs()
             print(f"Sum |diff|: {diff.sum().item():.6g}   Max |diff|: {diff.max().item():.6g}")
-            print(f"Close: {torch.allclose(features, hf_features, atol=1e-3, rtol=1e-3)}")
+            print(f"Close: {torch.allclose(features.float(), hf_features.float(), atol=1e-3, rtol=1e-3)}")
         elif features is not None:
             print(f"Close: False (shapes differ: {tuple(features.shape)} vs {tuple(hf_features.shape)})")
         compare_with_hf_processor(frames, clip.cpu(), crop)

@@ -100,7 +100,7 @@ class SequentialVJEPA2Extractor:
             logger.warning("%s; proceeding (--allow_gaps)", message)
         self._check_length(len(frames), f"{frame_dir}: {len(frames)} frames")
         windows = plan_windows(len(frames), self.window, stride or self.stride, self.tail)
-        dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.preprocess,
+        dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.transform,
                                      min_side=self.encoder.model.patch_size)
 
         def metadata(window, image_hw):
@@ -132,7 +132,7 @@ class SequentialVJEPA2Extractor:
             timestamps = reader.timestamps(indices)
         self._check_length(len(indices), f"{video_path}: {len(indices)} frames (frame_step {frame_step})")
         windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
-        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.preprocess, backend=backend,
+        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.transform, backend=backend,
                                      min_side=self.encoder.model.patch_size)
 
         def metadata(window, image_hw):
@@ -208,7 +208,9 @@ class SequentialVJEPA2Extractor:
                             manifest.record(f"{source}#window{windows[k].index}", str(path), "skipped",
                                             "written by another process")
                             summary["skipped"] += 1
-                    feats = self.encoder.encode(batch["clips"][keep]) if keep else []  # [B, N, D] fp16
+                    # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
+                    clips = batch["clips"] if len(keep) == len(batch["windows"]) else batch["clips"][keep]
+                    feats = self.encoder.encode(clips) if keep else []  # [B, N, D] fp16
                     for j, f in zip(keep, feats):
                         k, image_hw = batch["windows"][j], batch["image_hw"][j]
                         w = windows[k]  # items carry their index into `windows`

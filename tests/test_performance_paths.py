@@ -186,3 +186,22 @@ def test_encode_of_expanded_frames_equals_materialised():
     a = enc.encode(frame.expand(-1, -1, 4, -1, -1))
     b = enc.encode(frame.expand(-1, -1, 4, -1, -1).contiguous())
     assert a.dtype == torch.float16 and torch.equal(a, b)
+
+
+def test_half_precision_overflow_is_reported_once(caplog):
+    """fp16 compute can overflow inside the encoder; the features then hold inf/NaN, which `encode`
+    says (once) instead of storing them quietly. fp32 is never checked (nothing to overflow)."""
+    import logging
+
+    enc = ClipEncoder("random:tiny", device="cpu", dtype="fp16", img_size=32)
+    clips = torch.rand(1, 3, 4, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="src.inference"):
+        ok = enc.encode(clips)
+    assert torch.isfinite(ok).all() and "inf/NaN" not in caplog.text
+    with torch.no_grad():
+        enc.model.patch_embed.proj.weight.mul_(1e7)  # weights and activations beyond fp16's 65504
+    with caplog.at_level(logging.WARNING, logger="src.inference"):
+        bad = enc.encode(clips)
+        enc.encode(clips)
+    assert not torch.isfinite(bad).all()
+    assert caplog.text.count("features contain inf/NaN with float16 compute (overflow): use --dtype bf16 or fp32") == 1

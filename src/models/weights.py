@@ -414,8 +414,10 @@ def load_encoder(
     num_frames: int = 16,
     checkpoint_key: str = "encoder",
     device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> VisionTransformer:
-    """Turn a model spec into an eval-mode encoder on `device` (see the module docstring).
+    """Turn a model spec into an eval-mode encoder on `device` (see the module docstring), cast
+    to `dtype` if given (cast and moved in one step, so a bf16 ViT-g never sits on the GPU in fp32).
 
     The returned model carries `model_spec` (the spec string) and `is_random` attributes.
     """
@@ -429,7 +431,7 @@ def load_encoder(
     else:
         model = load_hf_directory(download_hub_model(spec), img_size, num_frames)
     model.model_spec, model.is_random = spec, kind == "random"
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def model_info(model: VisionTransformer) -> dict:
