@@ -147,22 +147,25 @@ for pid in "${PIDS[@]}"; do
 done
 trap - INT TERM
 
-# Per-shard counts from the manifest lines carrying "shard": "i/N" (last record per input).
-"$PYTHON" - "$OUTPUT_DIR/manifest.jsonl" "$NUM" "${CODES[*]}" "${LOGS[@]}" <<'EOF' || true
+# Per-shard counts from the manifest lines carrying "shard": "i/N" (last record per input), in
+# OUTPUT_DIR/manifest.jsonl and, for several videos or folders, OUTPUT_DIR/<input>/manifest.jsonl.
+"$PYTHON" - "$OUTPUT_DIR" "$NUM" "${CODES[*]}" "${LOGS[@]}" <<'EOF' || true
 import json, sys
-path, num, codes, logs = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+from pathlib import Path
+root, num, codes, logs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
 latest = {}
-try:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and "input" in entry:
-                latest[(entry.get("shard"), entry["input"])] = entry.get("status")
-except OSError:
-    pass
+for path in [root / "manifest.jsonl", *sorted(root.glob("*/manifest.jsonl"))]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and "input" in entry:
+                    latest[(entry.get("shard"), entry["input"])] = entry.get("status")
+    except OSError:
+        pass
 print(f"{'shard':>9}  {'exit':>4}  {'ok':>6}  {'skipped':>7}  {'failed':>6}  log")
 for i in range(num):
     label = f"{i}/{num}"

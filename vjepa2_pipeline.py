@@ -16,11 +16,12 @@ import argparse
 import logging
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from src import cli, sharding
-from src.frames import DEFAULT_FRAME_PATTERN
+from src.features import OutputWriteError
+from src.frames import DEFAULT_FRAME_PATTERN, VideoReader
 from src.package import library_versions, write_package
 from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
 from src.visualize import (
@@ -47,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--batch_size", type=int, default=1)
     src.add_argument("--num_workers", type=int, default=None)
     src.add_argument("--allow_gaps", action="store_true")
+    src.add_argument("--overwrite", action="store_true",
+                     help="recompute feature files already in OUTPUT_DIR/features (kept by default when they "
+                          "match this run's model, crop and frames; a mismatch stops the run)")
     vis = p.add_argument_group("pictures")
     vis.add_argument("--umap_visualization", action="store_true", help="UMAP PNGs per temporal token")
     vis.add_argument("--pca_visualization", action="store_true", help="PCA (component 1, turbo) PNGs per token")
@@ -151,6 +155,20 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     return written
 
 
+@contextmanager
+def outputs_written(out: Path):
+    """A failed write of a picture, video or the package (disk full, permissions) stops the run with
+    exit 4 and the OS's reason, as a failed feature write does; files already renamed into place stay."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputWriteError(reason if exc.filename and reason.startswith(str(exc.filename))
+                               else f"{exc.filename or out}: cannot write output ({reason})") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
@@ -159,16 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     out = cli.check_output_dir(args.output_dir)
     timings = {}
 
+    # the input is checked before the model loads (a hub model takes minutes to load)
+    if args.frame_dir and not Path(args.frame_dir).is_dir():
+        raise FileNotFoundError(f"{args.frame_dir}: frame directory not found")
+    if args.video:
+        try:
+            VideoReader(args.video).close()
+        except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
+            raise cli.UsageError(str(exc)) from exc
+
     start = time.perf_counter()
     extractor = SequentialVJEPA2Extractor(
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
-        compile=args.compile,
+        compile=args.compile, overwrite=args.overwrite,
     )
     if args.frame_dir:
-        if not Path(args.frame_dir).is_dir():
-            raise FileNotFoundError(f"{args.frame_dir}: frame directory not found")
         summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     else:
         summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step)
@@ -185,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     first_meta = next(iter_feature_items(feature_files[:1])).metadata
     fps = args.video_fps or (first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0)
     start = time.perf_counter()
-    pictures = render(feature_files, projections, todo, out, args, fps)
+    with outputs_written(out):
+        pictures = render(feature_files, projections, todo, out, args, fps)
     timings["render_s"] = time.perf_counter() - start
 
     files = {str(p.relative_to(out)): p for p in pictures}
@@ -201,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     "failed": summary["failed"]},
         "library_versions": library_versions(), "timings_s": timings,
     }
-    write_package(out / "package", files, metadata, zip_path=out / f"{out.name}_package.zip")
+    with outputs_written(out):
+        write_package(out / "package", files, metadata, zip_path=out / f"{out.name}_package.zip")
     print(f"pipeline done: {summary['ok'] + summary['skipped']} windows, {len(pictures)} pictures/videos, "
           f"package {out / 'package'} and {out / f'{out.name}_package.zip'}")
     if extractor.encoder.model.is_random:

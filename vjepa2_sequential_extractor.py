@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from src import cli, sharding
-from src.features import Manifest, OutputWriteError, claim_output, is_complete, save_features
+from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
 from src.inference import ClipEncoder
 from src.models.weights import DEFAULT_HUB_MODEL
@@ -155,22 +155,40 @@ class SequentialVJEPA2Extractor:
         if available < self.window:
             raise cli.UsageError(f"{what}, fewer than one window of {self.window} (use --window {available - available % 2} or less)")
 
+    def _check_same_run(self, record: dict, window, metadata_fn, path: Path) -> None:
+        """Refuse to keep a finished window written by a different model, crop or frame choice:
+        skipping it would mix features of two runs in one folder."""
+        meta, info = record.get("metadata") or {}, record.get("model_info") or {}
+        found = {"model": meta.get("model"), "img_size": info.get("img_size"),
+                 "frames": meta.get("frame_numbers")}
+        expected = {"model": self.model_name, "img_size": self.encoder.crop,
+                    "frames": metadata_fn(window, None)["frame_numbers"]}
+        if found != expected:
+            def show(v):
+                return f"{v[0]}..{v[-1]}" if isinstance(v, list) and v else repr(v)
+            changed = ", ".join(f"{k} {show(found[k])} (now {show(expected[k])})" for k in found if found[k] != expected[k])
+            raise cli.UsageError(f"{path}: written by another run: {changed}; "
+                                 "use another --output_dir or pass --overwrite")
+
     # ------------------------------------------------------------------ the loop
     def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(output_dir / "manifest.jsonl")
         shard_index, shard_count = self.shard
+        tag = {"shard": f"{shard_index}/{shard_count}"}  # run_parallel_extraction.sh counts per shard
         mine = sharding.select_shard([w.index for w in windows], shard_index, shard_count)
         outputs = {w.index: output_dir / f"window_{w.index:05d}.{self.fmt}" for w in windows}
         summary = {"source": source, "windows": len(windows), "ok": 0, "skipped": 0, "failed": 0,
                    "outputs": [outputs[i] for i in mine]}
         pending = []
         for i in mine:
-            if not self.overwrite and is_complete(outputs[i]):
-                manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped", "already complete")
-                summary["skipped"] += 1
-            else:
+            record = None if self.overwrite else load_complete(outputs[i])
+            if record is None:
                 pending.append(i)
+                continue
+            self._check_same_run(record, windows[i], metadata_fn, outputs[i])
+            manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped", "already complete", extra=tag)
+            summary["skipped"] += 1
         if summary["skipped"]:
             logger.info("%s: %d of %d windows already complete, skipped", source, summary["skipped"], len(mine))
         padded = [w for w in windows if w.num_padded]
@@ -193,7 +211,7 @@ class SequentialVJEPA2Extractor:
                 for k, error in batch["errors"]:
                     w = windows[k]  # items carry their index into `windows`
                     logger.error("%s window %d: %s", source, w.index, error)
-                    manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error)
+                    manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error, extra=tag)
                     summary["failed"] += 1
                 if batch["clips"] is None:
                     bar.update(len(batch["errors"]))
@@ -206,7 +224,7 @@ class SequentialVJEPA2Extractor:
                             keep.append(j)
                         else:  # another process over the same tree has it, or just finished it
                             manifest.record(f"{source}#window{windows[k].index}", str(path), "skipped",
-                                            "written by another process")
+                                            "written by another process", extra=tag)
                             summary["skipped"] += 1
                     # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
                     clips = batch["clips"] if len(keep) == len(batch["windows"]) else batch["clips"][keep]
@@ -231,7 +249,7 @@ class SequentialVJEPA2Extractor:
                             },
                         }
                         save_features(record, outputs[w.index], self.fmt)
-                        manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "ok")
+                        manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "ok", extra=tag)
                         summary["ok"] += 1
                 bar.update(len(batch["windows"]) + len(batch["errors"]))
         elapsed = time.perf_counter() - start
@@ -296,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     for entry in args.video:
         if Path(entry).suffix.lower() not in VIDEO_LIST_SUFFIXES and not Path(entry).is_file():
             raise FileNotFoundError(f"{entry}: video not found")
-    shard = sharding.resolve_shard(args.shard, args.num_shards)
+    try:
+        shard = sharding.resolve_shard(args.shard, args.num_shards)
+    except ValueError as exc:  # a bad --shard or launcher variable: the command line's fault
+        raise cli.UsageError(str(exc)) from None
     cli.check_output_dir(args.output_dir)
     extractor = SequentialVJEPA2Extractor(
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
@@ -322,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", exc if str(exc).startswith(str(path)) else f"{path}: {exc}")
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(out / "manifest.jsonl") as manifest:
-                manifest.record(str(path), str(out), "failed", str(exc))
+                manifest.record(str(path), str(out), "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
             failed_inputs += 1
             continue
         for key in totals:

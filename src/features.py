@@ -331,6 +331,19 @@ def _record_complete(record: dict) -> bool:
     )
 
 
+def load_complete(path: str | os.PathLike) -> dict | None:
+    """The window record at ``path`` if it is complete (see :func:`is_complete`), else None.
+
+    For resuming: one read both decides "done" and gives the metadata to check it against.
+    """
+    try:
+        record = load_features(path)
+    except Exception as exc:
+        logger.debug("%s: not complete (%s)", path, exc)
+        return None
+    return record if _record_complete(record) else None
+
+
 def is_complete(path: str | os.PathLike) -> bool:
     """True if ``path`` is a loadable window record (shape matches) or chunk file.
 

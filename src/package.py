@@ -76,13 +76,18 @@ def write_package(package_dir: Path, files: dict[str, Path], metadata: dict, zip
     if zip_path is not None:
         zip_path = Path(zip_path)
         tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
-        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.write(package_dir / "metadata.json", "metadata.json")
-            for entry in listed:
-                # features and videos are already compressed: store them, deflate the rest
-                stored = entry["name"].endswith((".pt", ".safetensors", ".mp4", ".gif", ".png", ".jpg"))
-                zf.write(package_dir / entry["name"], entry["name"],
-                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
-        os.replace(tmp_zip, zip_path)
+        try:
+            with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.write(package_dir / "metadata.json", "metadata.json")
+                for entry in listed:
+                    # features and videos are already compressed: store them, deflate the rest
+                    stored = entry["name"].endswith((".pt", ".safetensors", ".mp4", ".gif", ".png", ".jpg"))
+                    zf.write(package_dir / entry["name"], entry["name"],
+                             compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+            os.replace(tmp_zip, zip_path)
+        except OSError as exc:  # e.g. a full disk: no half-written zip left, and the zip named
+            tmp_zip.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"{zip_path}: cannot write the package zip ({exc.strerror or exc})",
+                          str(zip_path)) from exc
         logger.info("package: %s (%d files) and %s", package_dir, len(listed), zip_path)
     return metadata

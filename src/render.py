@@ -256,8 +256,10 @@ def write_png(image, path: str | os.PathLike) -> Path:
         # fixed level is deterministic, so equal pixels give equal files.
         Image.fromarray(arr).save(tmp, format="PNG", compress_level=6)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _remove_quietly(tmp)
+        if isinstance(exc, OSError):  # PIL writes through a handle: name the file here
+            raise OSError(exc.errno, f"{path}: cannot write PNG ({exc.strerror or exc})", str(path)) from exc
         raise
     return path
 

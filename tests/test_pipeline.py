@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -156,3 +157,48 @@ def test_pipeline_on_a_video_with_bad_flags(tmp_path):
     assert proc.returncode == 2 and "exactly one of --frame_dir or --video" in proc.stderr
     proc = run("vjepa2_pipeline.py", "--video", "y.mp4", "--output_dir", str(tmp_path / "w"), *MODEL, "--alpha", "2")
     assert proc.returncode == 2 and "--alpha must be in [0, 1]" in proc.stderr
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    proc = run("vjepa2_pipeline.py", "--video", str(empty), "--output_dir", str(tmp_path / "e"), *MODEL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: {empty}: cannot read video (empty file)\n"  # before the model loads
+
+
+def test_rerun_with_another_model_needs_overwrite(bikes_frames, tmp_path):
+    out = tmp_path / "run"
+    args = ["--frame_dir", str(bikes_frames), "--output_dir", str(out), "--pca_visualization", "--last_frame", "16"]
+    assert run("vjepa2_pipeline.py", *args, *MODEL).returncode == 0
+    other = ["--model", "random:tiny,depth=1", *MODEL[2:]]
+    proc = run("vjepa2_pipeline.py", *args, *other)
+    assert proc.returncode == 2
+    assert "window_00000.pt: written by another run: model 'random:tiny' (now 'random:tiny,depth=1')" in proc.stderr
+    proc = run("vjepa2_pipeline.py", *args, *other, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert load_features(out / "features" / "window_00000.pt")["metadata"]["model"] == "random:tiny,depth=1"
+    assert json.loads((out / "package" / "metadata.json").read_text())["model"] == "random:tiny,depth=1"
+
+
+def test_package_write_failure_exits_4_and_the_rerun_completes(bikes_frames, tmp_path):
+    """A full disk at the end (here RLIMIT_FSIZE: the zip of 8 overlay PNGs outgrows the limit the
+    feature files and each PNG fit under) stops the run with exit 4 naming the zip, leaves no
+    temporary zip; the pictures and features stay, and the rerun finishes."""
+    import resource
+
+    limit = 200_000
+
+    def limit_file_size():  # in the child; Python ignores SIGXFSZ, so the write gets EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "run"
+    args = ["vjepa2_pipeline.py", "--frame_dir", str(bikes_frames), "--output_dir", str(out), *MODEL,
+            "--pca_visualization", "--last_frame", "16"]
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 4, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out}/run_package.zip: cannot write the package zip (File too large)"), last
+    assert not list(out.glob(".*.tmp")) and not (out / "run_package.zip").exists()
+    assert len(list((out / "pca_overlay").glob("*.png"))) == 8
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "run_package.zip").stat().st_size > limit

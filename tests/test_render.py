@@ -166,6 +166,15 @@ def test_stack_center_pads_both_sides():
 # --------------------------------------------------------------------------- files
 
 
+def test_write_png_failure_names_the_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "taken.png"
+    target.mkdir()  # a directory where the PNG should go: the final rename fails
+    with pytest.raises(OSError, match=rf"{target}: cannot write PNG \(") as info:
+        write_png(_random_grid(4, 4, seed=0), target)
+    assert info.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]
+
+
 def test_write_png_deterministic(tmp_path):
     img = _random_grid(33, 47, seed=3)
     p1, p2 = write_png(img, tmp_path / "a.png"), write_png(img.copy(), tmp_path / "sub" / "b.png")

@@ -88,6 +88,32 @@ def test_resume_skips_complete_and_overwrite_redoes(extractor, bikes_frames, tmp
     assert [x["status"] for x in lines] == ["ok"] * 3 + ["skipped"] * 3  # the rerun records what it skipped
 
 
+def test_rerun_with_another_model_or_frames_is_refused_not_mixed(extractor, bikes_frames, tmp_path):
+    """Finished windows are only skipped when this run would have written the same thing."""
+    from src.cli import UsageError
+
+    extractor.process_frame_directory(bikes_frames, tmp_path, last_frame=31)  # 2 windows by random:tiny
+    before = _features(tmp_path)
+    other = SequentialVJEPA2Extractor("random:tiny,depth=1", device="cpu", img_size=32, num_workers=0)
+    with pytest.raises(UsageError, match=r"window_00000.pt: written by another run: model 'random:tiny' "
+                                         r"\(now 'random:tiny,depth=1'\); use another --output_dir or pass --overwrite"):
+        other.process_frame_directory(bikes_frames, tmp_path, last_frame=31)
+    with pytest.raises(UsageError, match=r"frames 0..15 \(now 2..17\)"):  # same model, windows shifted by 2 frames
+        extractor.process_frame_directory(bikes_frames, tmp_path, first_frame=2, last_frame=33)
+    after = _features(tmp_path)
+    assert all(torch.equal(before[k]["features"], after[k]["features"]) for k in before)  # nothing touched
+    other.overwrite = True
+    assert other.process_frame_directory(bikes_frames, tmp_path, last_frame=31)["ok"] == 2
+    assert load_features(tmp_path / "window_00000.pt")["metadata"]["model"] == "random:tiny,depth=1"
+
+
+def test_cli_bad_shard_is_a_usage_error(bikes_frames, tmp_path):
+    proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--frame_dir", str(bikes_frames),
+                           "--output_dir", str(tmp_path), "--shard", "5/2"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "5/2" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_safetensors_format_and_shards(bikes_frames, tmp_path):
     names = []
     for i in range(2):
