@@ -23,7 +23,9 @@ Environment: PYTHON (interpreter, default python); CUDA_VISIBLE_DEVICES, when se
 restricts the GPUs used to the ones it lists.
 
 Exit status: 0 if every shard exited 0, else the first non-zero shard exit code
-(3: finished, but some inputs failed, see OUTPUT_DIR/manifest.jsonl); 2: bad usage.
+(3: finished, but some inputs failed, see OUTPUT_DIR/manifest.jsonl or, for several
+videos or folders, OUTPUT_DIR/<name>/manifest.jsonl); 2: bad usage or an unusable
+OUTPUT_DIR (nothing started). Each failed shard's reason is printed from its log.
 Rerunning the same command resumes: complete outputs are skipped.
 EOF
 }
@@ -48,6 +50,8 @@ if [[ ! -e "$INPUT" ]]; then
     usage
     exit 2
 fi
+# "out/" and "out" are the same folder; without the slash the paths printed below read cleanly.
+while [[ "$OUTPUT_DIR" == */ && "$OUTPUT_DIR" != / ]]; do OUTPUT_DIR=${OUTPUT_DIR%/}; done
 
 SEQUENTIAL=0
 EXTRA=()
@@ -74,6 +78,34 @@ else
         exit 2
     fi
     INPUT_ARGS=(--image_dir "$INPUT")
+fi
+
+# OUTPUT_DIR and its logs folder, made now so that an unusable OUTPUT_DIR is a one-line usage error
+# (exit 2, nothing started) instead of a raw mkdir message with exit 1, or N shards whose log
+# redirections fail.
+out_error() {
+    echo "error: OUT: $*" >&2
+    exit 2
+}
+if ! mkdir_msg=$(mkdir -p -- "$OUTPUT_DIR/logs" 2>&1); then
+    # mkdir only says "Not a directory"; name the part of the path that is in the way: the
+    # nearest existing ancestor of OUTPUT_DIR/logs, when it is not a folder.
+    blocker="$OUTPUT_DIR/logs"
+    while [[ ! -e "$blocker" && "$blocker" != "$(dirname -- "$blocker")" ]]; do
+        blocker=$(dirname -- "$blocker")
+    done
+    if [[ -e "$blocker" && ! -d "$blocker" ]]; then
+        if [[ "$blocker" == "$OUTPUT_DIR" ]]; then
+            out_error "$OUTPUT_DIR exists and is not a directory"
+        fi
+        out_error "cannot create $OUTPUT_DIR/logs: $blocker exists and is not a directory"
+    fi
+    # Anything else (permissions, read-only file system, ...): mkdir's reason, the text after its
+    # last ": " (the path before it may itself contain ": ").
+    out_error "cannot create $OUTPUT_DIR/logs: ${mkdir_msg##*: }"
+fi
+if [[ ! -w "$OUTPUT_DIR" || ! -w "$OUTPUT_DIR/logs" ]]; then
+    out_error "$OUTPUT_DIR or $OUTPUT_DIR/logs is not writable"
 fi
 
 # GPUs: the ones CUDA_VISIBLE_DEVICES lists when it is set, else those nvidia-smi lists.
@@ -110,7 +142,6 @@ if (( NGPUS > 0 )); then
     WORKER_ARGS=(--num_workers "$per_shard")
 fi
 
-mkdir -p "$OUTPUT_DIR/logs"
 PIDS=()
 LOGS=()
 stop_all() {
@@ -174,11 +205,42 @@ for i in range(num):
     print(f"{label:>9}  {codes[i]:>4}  {counts['ok']:>6}  {counts['skipped']:>7}  {counts['failed']:>6}  {logs[i]}")
 EOF
 
-for code in "${CODES[@]}"; do
-    if [[ "$code" != 0 ]]; then
-        echo "some shards failed or had failed inputs; see the logs above and $OUTPUT_DIR/manifest.jsonl" >&2
-        exit "$code"
+# Why each failed shard failed, so that the user need not open its log: the last line starting
+# with "error:" (what the extractors print before exiting non-zero), else the last non-empty line
+# (e.g. the end of a Python traceback). Progress bars redraw with carriage returns, so only the
+# text after a line's last "\r" counts (what a terminal shows).
+FIRST_FAILED=0
+for ((i = 0; i < NUM; i++)); do
+    code=${CODES[i]}
+    [[ "$code" == 0 ]] && continue
+    (( FIRST_FAILED == 0 )) && FIRST_FAILED=$code
+    reason=$(awk '{ sub(/\r+$/, ""); sub(/.*\r/, "") }
+                  /^error:/ { err = $0 }
+                  /[^[:space:]]/ { last = $0 }
+                  END { print (err != "" ? err : last) }' "${LOGS[i]}" 2>/dev/null || true)
+    if [[ -z "$reason" ]]; then
+        if [[ -f "${LOGS[i]}" ]]; then reason="(its log is empty)"; else reason="(no log: ${LOGS[i]})"; fi
     fi
+    echo "shard $i/$NUM (exit $code): $reason" >&2
 done
+
+if (( FIRST_FAILED != 0 )); then
+    # Point at the manifests that exist: OUTPUT_DIR/manifest.jsonl (images, one video or folder)
+    # and/or OUTPUT_DIR/<name>/manifest.jsonl (several videos or folders). Shards that failed while
+    # starting (e.g. a bad --model) write none, and then only the logs can tell.
+    MANIFESTS=()
+    for m in "$OUTPUT_DIR/manifest.jsonl" "$OUTPUT_DIR"/*/manifest.jsonl; do
+        if [[ -f "$m" ]]; then MANIFESTS+=("$m"); fi
+    done
+    hint="see $OUTPUT_DIR/logs/"
+    if (( ${#MANIFESTS[@]} == 1 )); then
+        hint+=" and the manifest: ${MANIFESTS[0]}"
+    elif (( ${#MANIFESTS[@]} > 1 )); then
+        joined=$(printf ', %s' "${MANIFESTS[@]}")
+        hint+=" and the manifests: ${joined:2}"
+    fi
+    echo "some shards failed or had failed inputs; $hint" >&2
+    exit "$FIRST_FAILED"
+fi
 echo "all $NUM shard(s) finished"
 exit 0

@@ -33,7 +33,7 @@ SAMPLE_VIDEO = ("nateraw/kinetics-mini", "val/archery/-Qz25rXdMjE_000014_000024.
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--hf_model", default="facebook/vjepa2-vitg-fpc64-384",
                    help="hub id or local directory, loaded with transformers.AutoModel ('none' to skip)")
     p.add_argument("--pt_model", default=None,
@@ -67,6 +67,8 @@ def load_class_names(path: str | Path) -> list[str]:
 def find_video(video: str | None) -> Path:
     """The given video, or the sample fetched through huggingface_hub when reachable."""
     if video is not None:
+        if Path(video).is_dir():
+            raise cli.UsageError(f"{video}: is a folder, not a video file (the demo reads one video)")
         if not Path(video).is_file():
             raise FileNotFoundError(f"{video}: video not found")
         return Path(video)
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
     device = cli.resolve_device(args.device)
+    if args.hf_model.lower() == "none" and not args.pt_model:
+        raise cli.UsageError("nothing to run: --hf_model none and no --pt_model (give at least one model)")
     classes = load_class_names(args.classes) if args.probe else None
     video = find_video(args.video)
 

@@ -12,13 +12,15 @@ encoder; 16 frames → 8 temporal tokens, 2 frames → 1, the fast mode) and enc
 "metadata"}}``. A rerun skips complete chunks (resume after a kill), and
 ``manifest.jsonl`` records every input as ok / skipped / failed.
 
-Exit codes: 0 done, 1 internal error, 2 bad arguments, 3 finished but some images failed.
+Exit codes: 0 done, 1 internal error, 2 bad arguments, 3 finished but some images failed,
+4 an output could not be written (disk full, permissions; finished chunks are intact, rerun to resume).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -235,6 +237,28 @@ def chunk_name(shard_index: int, num_shards: int, k: int) -> str:
     return f"features_shard{shard_index:03d}of{num_shards:03d}_chunk{k:05d}.pt"
 
 
+_CHUNK_FILE = re.compile(r"features_shard(\d{3})of(\d{3})_chunk(\d{5})\.pt")
+
+
+def _check_no_foreign_chunks(output_dir: Path, shard_index: int, num_shards: int, num_chunks: int) -> None:
+    """Refuse an output folder holding chunks this run would not write (another shard count, or
+    more chunks than this shard now has: another --chunk_size or a changed input list): resuming
+    next to them would store images twice."""
+    foreign = []
+    for path in sorted(output_dir.glob("features_shard*of*_chunk*.pt")):
+        match = _CHUNK_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        index, count, k = map(int, match.groups())
+        if count != num_shards or (index == shard_index and k >= num_chunks):
+            foreign.append(path.name)
+    if foreign:
+        raise cli.UsageError(
+            f"{output_dir}: holds {len(foreign)} chunk file(s) this run would not write ({foreign[0]}"
+            f"{', …' if len(foreign) > 1 else ''}; this run: {num_shards} shard(s), {num_chunks} chunk(s) for shard "
+            f"{shard_index}); keep the earlier --chunk_size and shard count, or use another --output_dir")
+
+
 def split_chunks(items: Sequence, chunk_size: int) -> list[list]:
     """Consecutive groups of ``chunk_size`` (the last one may be shorter)."""
     if chunk_size < 1:
@@ -332,6 +356,7 @@ def extract_directory(
     config = {"image_frames": image_frames, "grid": [tp, hp, wp], "model_name": model_info["model_name"]}
 
     paths = sorted(rel_paths)
+    _check_no_foreign_chunks(output_dir, shard_index, num_shards, len(split_chunks(paths, chunk_size)))
     summary = ExtractionSummary()
     start = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", desc=f"shard {shard_label}", disable=None if progress is None
@@ -415,7 +440,7 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter,
                                 parents=[cli.common_parser()])
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--image_dir", required=True, help="folder of images")

@@ -19,6 +19,8 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from tqdm import tqdm
+
 from src import cli, sharding
 from src.features import OutputWriteError
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader
@@ -34,13 +36,14 @@ logger = logging.getLogger("vjepa2_pipeline")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("input and extraction")
     src.add_argument("--frame_dir", default=None, help="folder of numbered frames")
     src.add_argument("--video", default=None, help="a video file instead of a frame folder")
     src.add_argument("--output_dir", required=True)
-    src.add_argument("--first_frame", type=int, default=None)
-    src.add_argument("--last_frame", type=int, default=None)
+    src.add_argument("--first_frame", type=int, default=None,
+                     help="first frame: its number in a folder, its index (from 0) in a video")
+    src.add_argument("--last_frame", type=int, default=None, help="last frame, inclusive (as --first_frame)")
     src.add_argument("--frame_pattern", default=DEFAULT_FRAME_PATTERN)
     src.add_argument("--frame_step", type=int, default=1, help="video: use every n-th frame")
     src.add_argument("--window", type=int, default=16)
@@ -52,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="recompute feature files already in OUTPUT_DIR/features (kept by default when they "
                           "match this run's model, crop and frames; a mismatch stops the run)")
     vis = p.add_argument_group("pictures")
-    vis.add_argument("--umap_visualization", action="store_true", help="UMAP PNGs per temporal token")
+    vis.add_argument("--umap_visualization", action="store_true",
+                     help="UMAP PNGs per temporal token (with no picture or video flag at all: UMAP and PCA)")
     vis.add_argument("--pca_visualization", action="store_true", help="PCA (component 1, turbo) PNGs per token")
     vis.add_argument("--original_images", action="store_true", help="also save the source frames as PNG")
     vis.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
@@ -63,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     vis.add_argument("--metric", default="cosine")
     vis.add_argument("--seed", type=int, default=0)
     vid = p.add_argument_group("videos")
-    vid.add_argument("--video_animation", action="store_true", help="make videos (UMAP and PCA if none chosen)")
+    vid.add_argument("--video_animation", action="store_true", help="make videos: of the methods chosen for pictures (--umap/--pca_visualization), else UMAP and PCA")
     vid.add_argument("--video_umap_visualization", action="store_true")
     vid.add_argument("--video_pca_visualization", action="store_true")
     vid.add_argument("--video_stacked_visualization", action="store_true", help="original above, overlays below")
@@ -80,10 +84,12 @@ def plan(args) -> dict:
     """Which methods, pictures, video views and formats the flags ask for (defaults filled in)."""
     videos = {"umap": args.video_umap_visualization, "pca": args.video_pca_visualization,
               "stacked": args.video_stacked_visualization}
-    if args.video_animation and not any(videos.values()):
-        videos["umap"] = videos["pca"] = True
-    views = [v for v, on in videos.items() if on]
     pngs = [m for m, on in (("umap", args.umap_visualization), ("pca", args.pca_visualization)) if on]
+    if args.video_animation and not any(videos.values()):
+        # videos of the methods asked for as pictures, both if none (a UMAP fit costs minutes)
+        for m in pngs or ["umap", "pca"]:
+            videos[m] = True
+    views = [v for v, on in videos.items() if on]
     if not pngs and not views:
         pngs = ["umap", "pca"]
     methods = sorted({*pngs, *(m for m in ("umap", "pca") if videos[m])}, key=("umap", "pca").index)
@@ -119,7 +125,8 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
                 written.append(path)
-        for item in iter_feature_items(feature_files):
+        for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
+                         disable=None):
             meta = item.metadata
             grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
             ids, frames = source.frames(item)
@@ -196,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.frame_dir:
         summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     else:
-        summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step)
+        summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
+                                          first_frame=args.first_frame, last_frame=args.last_frame)
     timings["extraction_s"] = time.perf_counter() - start
     feature_files = [p for p in summary["outputs"] if p.exists()]
     if not feature_files:
@@ -206,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     projections = fit_projections(feature_files, todo["methods"], args.umap_sample, args.seed,
                                   args.n_neighbors, args.min_dist, args.metric)
     timings["projection_fit_s"] = time.perf_counter() - start
+    logger.info("projection fitted in %.1f s; drawing %s", timings["projection_fit_s"],
+                " + ".join([f"{m} PNGs" for m in todo["pngs"]] + [f"{v} video" for v in todo["views"]]) or "nothing")
 
     first_meta = next(iter_feature_items(feature_files[:1])).metadata
     fps = args.video_fps or (first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0)
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     with outputs_written(out):
         pictures = render(feature_files, projections, todo, out, args, fps)
     timings["render_s"] = time.perf_counter() - start
+    logger.info("%d pictures/videos written in %.1f s", len(pictures), timings["render_s"])
 
     files = {str(p.relative_to(out)): p for p in pictures}
     if not args.no_embeddings:

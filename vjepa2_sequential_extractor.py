@@ -27,7 +27,7 @@ from src import cli, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
 from src.inference import ClipEncoder
-from src.models.weights import DEFAULT_HUB_MODEL
+from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
     temporal_mapping, worker_init,
@@ -36,6 +36,10 @@ from src.windows import (
 logger = logging.getLogger("vjepa2_sequential_extractor")
 
 VIDEO_LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+class ModelLoadError(cli.UsageError):
+    """The model could not be loaded: the run stops (exit 2), whatever the number of inputs."""
 
 
 class SequentialVJEPA2Extractor:
@@ -70,13 +74,29 @@ class SequentialVJEPA2Extractor:
             raise cli.UsageError(str(exc)) from None
         if batch_size <= 0:
             raise cli.UsageError(f"--batch_size must be positive, got {batch_size}")
-        self.encoder = ClipEncoder(model_name, device=device, dtype=dtype, img_size=img_size,
-                                   checkpoint_key=checkpoint_key, compile=compile)
+        # The model loads on first use, after the inputs are checked: a hub ViT-g takes minutes to
+        # load, and a wrong frame range should not wait for it. The spec itself is checked now.
+        try:
+            resolve_spec_kind(model_name)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self._encoder: ClipEncoder | None = None
+        self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
+                                  checkpoint_key=checkpoint_key, compile=compile)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
-        self.num_workers = default_num_workers(self.encoder.device) if num_workers is None else num_workers
+        self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
         self.fmt, self.overwrite, self.frame_pattern, self.allow_gaps = fmt, overwrite, frame_pattern, allow_gaps
         self.shard = shard
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        if self._encoder is None:
+            try:
+                self._encoder = ClipEncoder(**self._encoder_args)
+            except (ValueError, OSError) as exc:  # a bad spec or file: fatal for every input, not per input
+                raise ModelLoadError(str(exc)) from exc
+        return self._encoder
 
     # ------------------------------------------------------------------ inputs
     def process_frame_directory(self, frame_dir, output_dir, first_frame: int | None = None,
@@ -88,8 +108,11 @@ class SequentialVJEPA2Extractor:
             raise cli.UsageError(f"--first_frame {first_frame} is after --last_frame {last_frame}")
         frames = find_frames(frame_dir, self.frame_pattern, first_frame, last_frame)
         if not frames:
+            bounds = {(False, False): "", (True, False): f" from frame {first_frame} on",
+                      (False, True): f" up to frame {last_frame}",
+                      (True, True): f" between frames {first_frame} and {last_frame}"}
             raise cli.UsageError(f"{frame_dir}: no frame files match the pattern '{self.frame_pattern}'"
-                                 + (f" between frames {first_frame} and {last_frame}" if first_frame or last_frame else ""))
+                                 + bounds[first_frame is not None, last_frame is not None])
         numbers = [n for n, _ in frames]
         gaps = find_gaps(numbers)
         if gaps:
@@ -119,18 +142,31 @@ class SequentialVJEPA2Extractor:
         return self._extract(str(frame_dir), windows, dataset, Path(output_dir), metadata, batch_size)
 
     def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
-                      batch_size: int | None = None, backend: str = "auto") -> dict:
-        """Windows over every `frame_step`-th frame of a video → `output_dir/window_NNNNN.<fmt>`."""
+                      batch_size: int | None = None, backend: str = "auto", first_frame: int | None = None,
+                      last_frame: int | None = None) -> dict:
+        """Windows over every `frame_step`-th frame of a video (frame indices from 0, optionally only
+        `first_frame`..`last_frame`, inclusive) → `output_dir/window_NNNNN.<fmt>`."""
         video_path = Path(video_path)
         if frame_step <= 0:
             raise cli.UsageError(f"--frame_step must be positive, got {frame_step}")
+        if first_frame is not None and last_frame is not None and first_frame > last_frame:
+            raise cli.UsageError(f"--first_frame {first_frame} is after --last_frame {last_frame}")
+        if min(first_frame or 0, last_frame if last_frame is not None else 0) < 0:
+            raise cli.UsageError("--first_frame and --last_frame are video frame indices, from 0")
         if not video_path.is_file():
             raise FileNotFoundError(f"{video_path}: video not found")
         with VideoReader(video_path, backend=backend) as reader:
-            indices = list(range(0, reader.num_frames, frame_step))
+            start = first_frame or 0
+            if start >= reader.num_frames:
+                raise cli.UsageError(f"{video_path}: --first_frame {start} is past the last frame "
+                                     f"({reader.num_frames - 1})")
+            stop = reader.num_frames if last_frame is None else min(last_frame + 1, reader.num_frames)
+            indices = list(range(start, stop, frame_step))
             fps = reader.fps
-            timestamps = reader.timestamps(indices)
-        self._check_length(len(indices), f"{video_path}: {len(indices)} frames (frame_step {frame_step})")
+            # float32 noise (8.960000038146973) would read as a real sub-microsecond offset
+            timestamps = [round(t, 6) for t in reader.timestamps(indices)]
+        span = f"frames {start}..{stop - 1}, " if first_frame is not None or last_frame is not None else ""
+        self._check_length(len(indices), f"{video_path}: {len(indices)} frames ({span}frame_step {frame_step})")
         windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
         dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.transform, backend=backend,
                                      min_side=self.encoder.model.patch_size)
@@ -173,20 +209,27 @@ class SequentialVJEPA2Extractor:
     # ------------------------------------------------------------------ the loop
     def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(output_dir / "manifest.jsonl")
         shard_index, shard_count = self.shard
         tag = {"shard": f"{shard_index}/{shard_count}"}  # run_parallel_extraction.sh counts per shard
         mine = sharding.select_shard([w.index for w in windows], shard_index, shard_count)
         outputs = {w.index: output_dir / f"window_{w.index:05d}.{self.fmt}" for w in windows}
         summary = {"source": source, "windows": len(windows), "ok": 0, "skipped": 0, "failed": 0,
                    "outputs": [outputs[i] for i in mine]}
-        pending = []
+        pending, finished = [], []
+        other_fmt = "safetensors" if self.fmt == "pt" else "pt"
         for i in mine:
+            other = outputs[i].with_suffix(f".{other_fmt}")
+            if other.exists():  # two formats side by side would hold every window twice
+                raise cli.UsageError(f"{other}: written by a --format {other_fmt} run, this one writes --format "
+                                     f"{self.fmt}; use another --output_dir or remove the .{other_fmt} files")
             record = None if self.overwrite else load_complete(outputs[i])
             if record is None:
                 pending.append(i)
-                continue
-            self._check_same_run(record, windows[i], metadata_fn, outputs[i])
+            else:  # all checked before anything is recorded: a refused run leaves no trace
+                self._check_same_run(record, windows[i], metadata_fn, outputs[i])
+                finished.append(i)
+        manifest = Manifest(output_dir / "manifest.jsonl")
+        for i in finished:
             manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped", "already complete", extra=tag)
             summary["skipped"] += 1
         if summary["skipped"]:
@@ -261,14 +304,15 @@ class SequentialVJEPA2Extractor:
 # ---------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument("--frame_dir", action="append", default=[], help="folder of numbered frames (repeatable)")
     src.add_argument("--video", action="append", default=[],
                      help="video file, or a .txt file listing one video per line (repeatable)")
     src.add_argument("--frame_pattern", default=DEFAULT_FRAME_PATTERN, help="regex, one group = frame number")
-    src.add_argument("--first_frame", type=int, default=None)
-    src.add_argument("--last_frame", type=int, default=None)
+    src.add_argument("--first_frame", type=int, default=None,
+                     help="first frame: its number in a folder, its index (from 0) in a video")
+    src.add_argument("--last_frame", type=int, default=None, help="last frame, inclusive (as --first_frame)")
     src.add_argument("--frame_step", type=int, default=1, help="use every n-th video frame")
     src.add_argument("--allow_gaps", action="store_true", help="proceed over missing frame numbers")
     win = p.add_argument_group("windows and output")
@@ -334,9 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "frames":
                 summary = extractor.process_frame_directory(path, out, args.first_frame, args.last_frame)
             else:
-                summary = extractor.process_video(path, out, frame_step=args.frame_step)
-        except OutputWriteError:
-            raise  # a full disk or a write error stops the run (finished outputs stay intact)
+                summary = extractor.process_video(path, out, frame_step=args.frame_step,
+                                                  first_frame=args.first_frame, last_frame=args.last_frame)
+        except (OutputWriteError, ModelLoadError):
+            raise  # a full disk, a write error or no model stops the run (finished outputs stay intact)
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise

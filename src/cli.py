@@ -29,18 +29,31 @@ class UsageError(ValueError):
     """Bad arguments or configuration: reported in one line, exit code 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (their examples keep their lines); every option with a help text
+    and a real default (not None/False) shows that default, so no one has to read the code."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default:" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS) or action.default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Flags every script takes: model, device, dtype, logging."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("model and device")
     group.add_argument("--model", default="facebook/vjepa2-vitg-fpc64-384",
-                       help="model spec: hub id, local transformers directory, original .pt, or random:<arch>")
+                       help="model spec: hub id, local transformers directory, original .pt, or random:<arch> "
+                            "(default: %(default)s, a 4 GB download on first use)")
     group.add_argument("--img_size", type=int, default=None,
                        help="crop size (default: from the model config; 256 for .pt files)")
     group.add_argument("--checkpoint_key", default="encoder", help="entry of an original .pt to load")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")
+                       help="compute dtype (auto: bf16 on GPUs with native bf16, else fp16; fp32 on CPU)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
     group.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")

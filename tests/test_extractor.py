@@ -211,6 +211,26 @@ def test_cli_workers_and_batch_size_give_same_features(mixed_run, mixed_dir, tmp
         assert (a[rel]["features"].float() - b[rel]["features"].float()).abs().max() <= 1e-5
 
 
+def test_cli_refuses_chunks_of_another_shard_count_or_chunk_size(mixed_run, mixed_dir, tmp_path):
+    """Resuming next to chunks this run would not write would store images twice."""
+    import shutil
+
+    _, done = mixed_run  # 1 shard, --chunk_size 3: 3 chunks
+    out = tmp_path / "copy"
+    shutil.copytree(done, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.pt")}
+    base = ["--image_dir", str(mixed_dir), "--output_dir", str(out), "--recursive", "--num_workers", "0"]
+    proc = run_cli(*base, "--chunk_size", "3", "--shard", "0/2")
+    assert proc.returncode == 2
+    assert (f"error: {out}: holds 3 chunk file(s) this run would not write (features_shard000of001_chunk00000.pt, …; "
+            "this run: 2 shard(s), 2 chunk(s) for shard 0)") in proc.stderr
+    proc = run_cli(*base, "--chunk_size", "5")  # 2 chunks now: chunk 2 would be left over
+    assert proc.returncode == 2 and "holds 1 chunk file(s) this run would not write (features_shard000of001_chunk00002.pt;" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.glob("*.pt")} == before
+    proc = run_cli(*base, "--chunk_size", "3")  # the same settings resume: all skipped
+    assert proc.returncode == 0 and "0 done, 7 skipped" in proc.stderr
+
+
 def test_cli_image_frames_2(mixed_dir, tmp_path):
     proc = run_cli("--image_dir", str(mixed_dir), "--output_dir", str(tmp_path / "o"), "--image_frames", "2",
                    "--pattern", "*.PNG", "--num_workers", "0")

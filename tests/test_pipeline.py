@@ -202,3 +202,18 @@ def test_package_write_failure_exits_4_and_the_rerun_completes(bikes_frames, tmp
     proc = run(*args)
     assert proc.returncode == 0, proc.stderr
     assert (out / "run_package.zip").stat().st_size > limit
+
+
+@pytest.mark.parametrize("flags, methods, pngs, views", [
+    ([], ["umap", "pca"], ["umap", "pca"], []),
+    (["--pca_visualization", "--video_animation"], ["pca"], ["pca"], ["pca"]),  # no UMAP fit nobody asked for
+    (["--umap_visualization", "--video_animation"], ["umap"], ["umap"], ["umap"]),
+    (["--video_animation"], ["umap", "pca"], [], ["umap", "pca"]),
+    (["--pca_visualization", "--video_umap_visualization"], ["umap", "pca"], ["pca"], ["umap"]),
+    (["--video_stacked_visualization"], ["umap"], [], ["stacked"]),
+])
+def test_plan_follows_the_flags(flags, methods, pngs, views):
+    from vjepa2_pipeline import get_args_parser, plan
+
+    todo = plan(get_args_parser().parse_args(["--frame_dir", "f", "--output_dir", "o", *flags]))
+    assert (todo["methods"], todo["pngs"], todo["views"]) == (methods, pngs, views)

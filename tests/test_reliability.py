@@ -297,8 +297,9 @@ CONFIG_ERRORS = {
                          "--output_dir", o),
         lambda c, o: ["unknown model spec 'not-a-spec!'"]),
     "truncated_checkpoint": (
+        # valid frames and window: the model loads after the inputs are checked, so this is the error left
         lambda c, o: cli(SEQ, "--model", c.trunc_ckpt, "--img_size", 32, "--device", "cpu", "--frame_dir", c.frames,
-                         "--output_dir", o),
+                         "--window", 4, "--output_dir", o),
         lambda c, o: [f"{c.trunc_ckpt}: cannot read checkpoint"]),
     "probe_width_mismatch": (lambda c, o: _demo(c, o, "--probe", c.probe_w64),
                              lambda c, o: [f"{c.probe_w64}: probe width 64 does not match the encoder's 192"]),

@@ -1,6 +1,8 @@
 """Tests for src.render: token grids, crop-box overlays, composition, PNG/MP4/GIF output."""
 from __future__ import annotations
 
+import os
+import stat
 from fractions import Fraction
 
 import av
@@ -164,6 +166,18 @@ def test_stack_center_pads_both_sides():
 
 
 # --------------------------------------------------------------------------- files
+
+
+def test_outputs_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        png = write_png(_random_grid(4, 4, seed=0), tmp_path / "a.png")
+        with VideoWriter(tmp_path / "v.gif", fps=5, fmt="gif") as writer:
+            writer.append(_random_grid(8, 8, seed=1))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "v.gif").stat().st_mode) == 0o644
 
 
 def test_write_png_failure_names_the_file_and_leaves_no_temp(tmp_path):

@@ -107,6 +107,54 @@ def test_rerun_with_another_model_or_frames_is_refused_not_mixed(extractor, bike
     assert load_features(tmp_path / "window_00000.pt")["metadata"]["model"] == "random:tiny,depth=1"
 
 
+def test_video_frame_range_and_rounded_timestamps(extractor, tmp_path):
+    from src.cli import UsageError
+
+    summary = extractor.process_video(BIKES, tmp_path / "a", frame_step=2, first_frame=100, last_frame=131)
+    assert summary["windows"] == 1 and summary["ok"] == 1
+    meta = load_features(tmp_path / "a" / "window_00000.pt")["metadata"]
+    assert meta["frame_numbers"] == list(range(100, 132, 2))
+    assert meta["timestamps"] == [round(n / 25, 6) for n in range(100, 132, 2)]  # 25 fps, no float32 noise
+    assert extractor.process_video(BIKES, tmp_path / "b", frame_step=10, last_frame=159)["windows"] == 1
+    with pytest.raises(UsageError, match=r"bikes.mp4: 10 frames \(frames 230..249, frame_step 2\), fewer than one window"):
+        extractor.process_video(BIKES, tmp_path / "c", frame_step=2, first_frame=230)
+    with pytest.raises(UsageError, match=r"--first_frame 300 is past the last frame \(249\)"):
+        extractor.process_video(BIKES, tmp_path / "c", first_frame=300)
+    with pytest.raises(UsageError, match="--first_frame 50 is after --last_frame 40"):
+        extractor.process_video(BIKES, tmp_path / "c", first_frame=50, last_frame=40)
+
+
+def test_mixed_formats_and_refused_reruns_leave_no_trace(bikes_frames, tmp_path):
+    from src.cli import UsageError
+
+    pt = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, num_workers=0)
+    pt.process_frame_directory(bikes_frames, tmp_path, last_frame=31)
+    manifest = (tmp_path / "manifest.jsonl").read_text()
+    st = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, num_workers=0, fmt="safetensors")
+    with pytest.raises(UsageError, match=r"window_00000.pt: written by a --format pt run, this one writes "
+                                         r"--format safetensors; use another --output_dir"):
+        st.process_frame_directory(bikes_frames, tmp_path, last_frame=31)
+    with pytest.raises(UsageError, match="written by another run"):  # the second window differs: nothing recorded
+        pt.process_frame_directory(bikes_frames, tmp_path, last_frame=31, stride=8)
+    assert (tmp_path / "manifest.jsonl").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.glob("window_*")) == ["window_00000.pt", "window_00001.pt"]
+
+
+def test_inputs_are_checked_before_the_model_loads(tmp_path):
+    """A hub model (unreachable here) is not even tried when the frame range is wrong; a bad spec is
+    refused at once, whatever the inputs."""
+    run = lambda *a: subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", "--device", "cpu", *a],  # noqa: E731
+                                    cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    frames = str(REPO / "examples" / "frames")
+    proc = run("--model", "facebook/vjepa2-vitl-fpc64-256", "--frame_dir", frames, "--first_frame", "40",
+               "--output_dir", str(tmp_path / "a"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {frames}: no frame files match the pattern 'frame_(\\d+)\\.[^./\\\\]+$' from frame 40 on"
+    proc = run("--model", "random:vit_smol", "--frame_dir", frames, "--frame_dir", frames, "--output_dir", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "unknown architecture 'vit_smol' in 'random:vit_smol'" in proc.stderr
+    assert not list((tmp_path / "b").rglob("manifest.jsonl"))  # not a per-input failure: nothing recorded
+
+
 def test_cli_bad_shard_is_a_usage_error(bikes_frames, tmp_path):
     proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--frame_dir", str(bikes_frames),
                            "--output_dir", str(tmp_path), "--shard", "5/2"], cwd=REPO, capture_output=True, text=True)

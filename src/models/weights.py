@@ -392,6 +392,7 @@ def download_hub_model(repo_id: str) -> Path:
 def resolve_spec_kind(spec: str) -> str:
     """'random', 'checkpoint', 'hf_dir' or 'hub' for a model spec (raises for nonsense)."""
     if spec.startswith("random:"):
+        _parse_random_spec(spec)  # an unknown architecture or option fails here, before any work
         return "random"
     path = Path(spec).expanduser()
     if path.is_dir():
