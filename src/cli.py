@@ -103,11 +103,27 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+# Folders check_output_dir created in this process: a run refused with exit 2 removes those still
+# empty, so a typo in a flag leaves no empty output folder behind.
+_CREATED_DIRS: list[Path] = []
+
+
+def _remove_created_empty_dirs() -> None:
+    for directory in _CREATED_DIRS:  # deepest first: a parent goes once its child has
+        try:
+            directory.rmdir()  # only ever removes an empty folder
+        except OSError:
+            pass
+    _CREATED_DIRS.clear()
+
+
 def check_output_dir(output_dir: str | os.PathLike) -> Path:
     """Create `output_dir` and make sure files can be written there, before any work starts."""
     out = Path(output_dir)
+    missing = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _CREATED_DIRS.extend(missing)
         fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=out)
         os.close(fd)
         os.unlink(probe)
@@ -137,6 +153,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        _remove_created_empty_dirs()
         return EXIT_USAGE
     except Exception as exc:  # anything else is a bug or an environment failure
         if debug:

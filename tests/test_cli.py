@@ -46,3 +46,20 @@ def test_auto_dtype_bf16_only_where_the_gpu_has_it(two_gpus, monkeypatch, caplog
         assert cli.resolve_dtype("auto", gpu) == torch.float16
     assert "Tesla V100-SXM2-16GB has no native bf16: using fp16" in caplog.text
     assert cli.resolve_dtype("fp32", gpu) == torch.float32  # an explicit choice is kept
+
+
+def test_refused_run_leaves_no_empty_output_folder(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    frames = str(repo / "examples" / "frames")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out in (tmp_path / "new" / "deeper", existing):
+        proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", "--model", "random:tiny", "--device", "cpu",
+                               "--frame_dir", frames, "--first_frame", "99", "--output_dir", str(out)],
+                              cwd=repo, capture_output=True, text=True)
+        assert proc.returncode == 2 and "from frame 99 on" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # made by this run: removed; the user's: kept
