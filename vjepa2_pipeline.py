@@ -162,6 +162,18 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     return written
 
 
+def warn_leftovers(out: Path, pictures: list[Path]) -> None:
+    """Say which picture files in `out` this run did not write (an earlier run with other flags or
+    windows): they stay on disk but are not in this run's package."""
+    written = set(pictures)
+    kinds = [f"{m}_{k}" for m in ("umap", "pca") for k in ("projection", "overlay")] + ["original", "videos"]
+    for kind in kinds:
+        stale = [p for p in sorted((out / kind).glob("*")) if p.is_file() and p not in written]
+        if stale:
+            logger.warning("%s: %d file(s) from an earlier run (e.g. %s) are not in this run's package; "
+                           "delete them if unwanted", out / kind, len(stale), stale[0].name)
+
+
 @contextmanager
 def outputs_written(out: Path):
     """A failed write of a picture, video or the package (disk full, permissions) stops the run with
@@ -225,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["render_s"] = time.perf_counter() - start
     logger.info("%d pictures/videos written in %.1f s", len(pictures), timings["render_s"])
 
+    warn_leftovers(out, pictures)
     files = {str(p.relative_to(out)): p for p in pictures}
     if not args.no_embeddings:
         files.update({f"features/{p.name}": p for p in feature_files})

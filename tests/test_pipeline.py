@@ -172,8 +172,13 @@ def test_rerun_with_another_model_needs_overwrite(bikes_frames, tmp_path):
     proc = run("vjepa2_pipeline.py", *args, *other)
     assert proc.returncode == 2
     assert "window_00000.pt: written by another run: model 'random:tiny' (now 'random:tiny,depth=1')" in proc.stderr
-    proc = run("vjepa2_pipeline.py", *args, *other, "--overwrite")
+    umap_only = [a for a in args if a != "--pca_visualization"] + ["--umap_visualization", "--umap_sample", "200"]
+    proc = run("vjepa2_pipeline.py", *umap_only, *other, "--overwrite")
     assert proc.returncode == 0, proc.stderr
+    # the first run's PCA pictures are not this run's: said once, left in place, not packaged
+    assert f"{out / 'pca_overlay'}: 8 file(s) from an earlier run (e.g. window_00000_t00.png)" in proc.stderr
+    assert f"{out / 'pca_projection'}: 8 file(s) from an earlier run" in proc.stderr
+    assert "umap_overlay: " not in proc.stderr and len(list((out / "pca_overlay").glob("*.png"))) == 8
     assert load_features(out / "features" / "window_00000.pt")["metadata"]["model"] == "random:tiny,depth=1"
     assert json.loads((out / "package" / "metadata.json").read_text())["model"] == "random:tiny,depth=1"
 
