@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from src import cli
-from src.features import OutputWriteError
+from src.features import outputs_written
 from src.visualize import (
     FrameSource, InputScan, chunk_source_path, fit_projections, iter_feature_items, scan_inputs, token_grids,
     write_token_pictures,
@@ -106,19 +105,6 @@ def warn_clashes(scan: InputScan, out: Path, shown: int = 3) -> None:
     if len(pairs) > shown:
         logger.warning("... and %d more pairs of inputs that write the same picture files",
                        len(pairs) - shown)
-
-
-@contextmanager
-def outputs_written(out: Path):
-    """A failed picture write (disk full, permissions) stops the run with exit 4 naming the file."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OutputWriteError(reason if exc.filename and reason.startswith(str(exc.filename))
-                               else f"{exc.filename or out}: cannot write output ({reason})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,13 @@ import argparse
 import logging
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
 from src import cli, sharding
-from src.features import OutputWriteError
+from src.features import outputs_written
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader
 from src.package import library_versions, write_package
 from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
@@ -172,20 +172,6 @@ def warn_leftovers(out: Path, pictures: list[Path]) -> None:
         if stale:
             logger.warning("%s: %d file(s) from an earlier run (e.g. %s) are not in this run's package; "
                            "delete them if unwanted", out / kind, len(stale), stale[0].name)
-
-
-@contextmanager
-def outputs_written(out: Path):
-    """A failed write of a picture, video or the package (disk full, permissions) stops the run with
-    exit 4 and the OS's reason, as a failed feature write does; files already renamed into place stay."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OutputWriteError(reason if exc.filename and reason.startswith(str(exc.filename))
-                               else f"{exc.filename or out}: cannot write output ({reason})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

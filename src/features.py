@@ -92,6 +92,21 @@ class OutputWriteError(OSError):
 
 
 @contextlib.contextmanager
+def outputs_written(out: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError while writing pictures, videos or a package under `out` into an
+    OutputWriteError (exit 4, the OS's reason, the file named when the error names it), as a
+    failed feature write is; files already renamed into place stay."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputWriteError(reason if exc.filename and reason.startswith(str(exc.filename))
+                               else f"{exc.filename or out}: cannot write output ({reason})") from exc
+
+
+@contextlib.contextmanager
 def claim_output(path: str | os.PathLike) -> Iterator[bool]:
     """Exclusive claim on producing `path` across processes: yields True if this process holds it.
 
@@ -433,7 +448,14 @@ class Manifest:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._fd, self._pid = fd, os.getpid()
-            self._terminate_torn_line()
+            # Under the lock writers take: a record being appended by another process can show
+            # its first page before its last (the size grows page by page), which would read as
+            # a torn line and get a stray "\n" (an empty line) appended after it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self._terminate_torn_line()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         return self._fd
 
     def _terminate_torn_line(self) -> None:
@@ -476,7 +498,11 @@ class Manifest:
         data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         try:
             fd = self._descriptor()
-            written = os.write(fd, data)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # see _descriptor: whole lines, never a line check mid-write
+            try:
+                written = os.write(fd, data)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
             os.fsync(fd)
