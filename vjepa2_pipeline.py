@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from src import cli, sharding
 from src.features import outputs_written
-from src.frames import DEFAULT_FRAME_PATTERN, VideoReader
+from src.frames import DEFAULT_FRAME_PATTERN
 from src.package import library_versions, write_package
 from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
 from src.visualize import (
@@ -182,14 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     out = cli.check_output_dir(args.output_dir)
     timings = {}
 
-    # the input is checked before the model loads (a hub model takes minutes to load)
     if args.frame_dir and not Path(args.frame_dir).is_dir():
         raise FileNotFoundError(f"{args.frame_dir}: frame directory not found")
-    if args.video:
-        try:
-            VideoReader(args.video).close()
-        except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
-            raise cli.UsageError(str(exc)) from exc
 
     start = time.perf_counter()
     extractor = SequentialVJEPA2Extractor(
@@ -201,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.frame_dir:
         summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     else:
-        summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
-                                          first_frame=args.first_frame, last_frame=args.last_frame)
+        try:  # the extractor opens the video before it loads the model
+            summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
+                                              first_frame=args.first_frame, last_frame=args.last_frame)
+        except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
+            if isinstance(exc, cli.UsageError):
+                raise
+            raise cli.UsageError(str(exc)) from exc
     timings["extraction_s"] = time.perf_counter() - start
     feature_files = [p for p in summary["outputs"] if p.exists()]
     if not feature_files:

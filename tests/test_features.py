@@ -335,6 +335,18 @@ def _append_many(path, tag, count):
     manifest.close()
 
 
+def _run_appenders(path, target, tags, count) -> list[bytes]:
+    """One process per tag running `target(path, tag, count)` at once; the file's lines after."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    procs = [multiprocessing.get_context(method).Process(target=target, args=(path, tag, count)) for tag in tags]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    return path.read_bytes().split(b"\n")
+
+
 def _append_reopening(path, tag, count):
     for i in range(count):  # a fresh Manifest per record: its torn-line check runs every time
         manifest = features.Manifest(path)
@@ -345,31 +357,13 @@ def _append_reopening(path, tag, count):
 def test_manifest_opened_while_others_append_adds_no_empty_lines(tmp_path):
     """Opening checks the last line for a crash's torn write; a record another process is writing
     across a page boundary used to look torn, so a stray newline (an empty line) got appended."""
-    path = tmp_path / "m.jsonl"
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    procs = [multiprocessing.get_context(method).Process(target=_append_reopening, args=(path, tag, 100))
-             for tag in "abcd"]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
-    lines = path.read_bytes().split(b"\n")
+    lines = _run_appenders(tmp_path / "m.jsonl", _append_reopening, "abcd", 100)
     assert lines[-1] == b"" and all(lines[:-1])  # no empty line anywhere
     assert sorted(json.loads(line)["input"] for line in lines[:-1]) == sorted(f"{t}/{i}" for t in "abcd" for i in range(100))
 
 
 def test_manifest_two_processes_append(tmp_path):
-    path = tmp_path / "m.jsonl"
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    procs = [ctx.Process(target=_append_many, args=(path, tag, 200)) for tag in ("p", "q")]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
-    lines = path.read_bytes().split(b"\n")
+    lines = _run_appenders(tmp_path / "m.jsonl", _append_many, "pq", 200)
     assert lines[-1] == b""
     parsed = [json.loads(line) for line in lines[:-1]]
     assert len(parsed) == 400
