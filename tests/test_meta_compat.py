@@ -57,6 +57,20 @@ def test_meta_call_site_keywords_build_and_run():
         assert model(torch.randn(1, 3, 4, 64, 64)).shape == (1, 2 * 16, 1024)
 
 
+def test_meta_call_site_loads_an_original_checkpoint(tmp_path):
+    """As Meta's eval wrappers do: build with the factory, then load the file's stripped keys strictly."""
+    source = perturbed(vt.vit_giant_xformers(img_size=32, num_frames=2, depth=1))
+    path = save_original(tmp_path / "vitg.pt", source, key="target_encoder")
+    model = vt.vit_giant_xformers_rope(img_size=32, num_frames=2, depth=1, use_sdpa=True, use_silu=False,
+                                       wide_silu=True, uniform_power=True, use_rope=True).eval()
+    state = torch.load(path, weights_only=True)["target_encoder"]
+    model.load_state_dict({k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}, strict=True)
+    x = torch.randn(1, 3, 2, 32, 48)
+    with torch.no_grad():
+        assert (model(x) - load_encoder(str(path), checkpoint_key="target_encoder")(x)).abs().max() == 0
+        assert (model(x) - source(x)).abs().max() == 0
+
+
 def test_unimplemented_values_and_misspellings_fail():
     with pytest.raises(ValueError, match=r"use_silu=True .* is not implemented"):
         vt.vit_large(depth=1, use_silu=True)
