@@ -289,9 +289,9 @@ CONFIG_ERRORS = {
         lambda c, o: cli(PIPE, *TINY, "--frame_dir", c.frames, "--output_dir", c.blocker / "out"),
         lambda c, o: [f"--output_dir {c.blocker / 'out'}: cannot create or write there (Not a directory)"]),
     "unknown_architecture": (
-        lambda c, o: cli(SEQ, "--model", "random:vit_small", "--device", "cpu", "--frame_dir", c.frames,
+        lambda c, o: cli(SEQ, "--model", "random:vit_enormous", "--device", "cpu", "--frame_dir", c.frames,
                          "--output_dir", o),
-        lambda c, o: ["unknown architecture 'vit_small' in 'random:vit_small'", "vit_large"]),
+        lambda c, o: ["unknown architecture 'vit_enormous' in 'random:vit_enormous'", "vit_large"]),
     "model_spec_nonsense": (
         lambda c, o: cli(IMG, "--model", "not-a-spec!", "--device", "cpu", "--image_dir", c.images,
                          "--output_dir", o),
