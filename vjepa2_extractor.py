@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src import cli, features, frames, sharding
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, dtype_name
 from src.windows import check_frame_size, default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
@@ -95,9 +95,10 @@ class VJEPA2Extractor:
     Args:
         model_name: model spec (hub id, transformers directory, original .pt, ``random:<arch>``).
         device: "auto", "cpu", "cuda" (the local rank's GPU) or "cuda:N".
-        use_fp16: compute in fp16 (ignored when ``dtype`` is given).
+        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
         image_frames: frames per image (even, ≥ 2): 16 → 8 temporal tokens, 2 → 1 (fast).
-        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto".
+        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto" (a
+            ``dtype`` other than "fp16" with ``use_fp16=True`` is a ValueError).
         img_size: crop size (default: the model's).
         checkpoint_key: entry of an original .pt to load.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
@@ -110,9 +111,7 @@ class VJEPA2Extractor:
                 or image_frames < 2 or image_frames % 2:
             raise ValueError(f"image_frames must be an even integer >= 2, got {image_frames!r}")
         self.image_frames = int(image_frames)
-        if dtype is None:
-            dtype = "fp16" if use_fp16 else "auto"
-        self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
+        self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype_name(dtype, use_fp16),
                                    img_size=img_size, checkpoint_key=checkpoint_key, compile=compile)
         tp, hp, wp = self.grid  # raises here if image_frames does not tile into tubelets
         logger.info(

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from src import cli, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, dtype_name
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
@@ -48,7 +48,9 @@ class SequentialVJEPA2Extractor:
     Args:
         model_name: model spec (hub id, local directory, original .pt, random:<arch>).
         device: "auto", "cpu", "cuda", "cuda:N".
-        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16".
+        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"; None → "fp16" if
+            use_fp16 else "auto" (a dtype other than "fp16" with ``use_fp16=True`` is an error).
         img_size: crop size (default from the model).
         window: frames per window (even).
         stride: frames between window starts (default: window, i.e. no overlap).
@@ -63,13 +65,15 @@ class SequentialVJEPA2Extractor:
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
     """
 
-    def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
-                 img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
-                 num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
+    def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", use_fp16: bool = False,
+                 dtype: str | None = None, img_size: int | None = None, window: int = 16,
+                 stride: int | None = None, batch_size: int = 1, num_workers: int | None = None,
+                 tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder", compile: bool = False):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
+            dtype = dtype_name(dtype, use_fp16)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
         if batch_size <= 0:
