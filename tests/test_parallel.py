@@ -297,12 +297,16 @@ def test_resolve_shard_slurm_array_task():
     # --array=1-8 numbers tasks from 1.
     shifted = {**SLURM_TASK_5, "SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}
     assert sharding.resolve_shard(environ=shifted) == (5, 8)
-    # Resubmitting only tasks 3,5 changes COUNT/MIN: --num_shards turns a wrong split into an error.
+    # Resubmitting only tasks 3,5 (`sbatch --array=3,5`) changes COUNT/MIN; with --num_shards (the
+    # template passes it) the task id is the shard, so the rerun redoes shards 3 and 5 of 8.
     partial = {**SLURM_TASK_5, "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2",
                "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "5"}
-    with pytest.raises(ValueError, match="--num_shards is 8"):
-        sharding.resolve_shard(num_shards=8, environ=partial)
+    assert sharding.resolve_shard(num_shards=8, environ=partial) == (3, 8)
+    assert sharding.resolve_shard(num_shards=8, environ={**partial, "SLURM_ARRAY_TASK_ID": "5"}) == (5, 8)
     assert sharding.resolve_shard("3/8", num_shards=8, environ=partial) == (3, 8)
+    # ... and an array numbered from 1 cannot pass for shards of --num_shards
+    with pytest.raises(ValueError, match=r"SLURM_ARRAY_TASK_ID=8 is not a shard of --num_shards 8: .*--array=0-7"):
+        sharding.resolve_shard(num_shards=8, environ={**shifted, "SLURM_ARRAY_TASK_ID": "8"})
 
 
 def test_resolve_shard_pbs_array_subjob():
