@@ -39,7 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pt_model", default=None,
                    help="original .pt checkpoint or any model spec (random:<arch>, directory, hub id)")
     p.add_argument("--checkpoint_key", default="encoder", help="entry of the .pt to load (encoder/target_encoder)")
-    p.add_argument("--probe", default=None, help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt)")
+    p.add_argument("--probe", default=None,
+                   help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt), or random:probe for random weights "
+                        "(offline smoke runs: the encoder's width, one class per --classes entry)")
     p.add_argument("--video", default=None, help="video file (default: the kinetics-mini sample, fetched if reachable)")
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
     p.add_argument("--img_size", type=int, default=None, help="crop size (default: the HF config's, else 256)")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = load_encoder(args.pt_model, img_size=crop, num_frames=args.num_frames,
                             checkpoint_key=args.checkpoint_key, device=device)
     if args.probe:  # every check before any video is decoded or any model is run
-        probe = load_classifier(args.probe, device=device)
+        probe = load_classifier(args.probe, device=device, embed_dim=ours.embed_dim, num_classes=len(classes))
         if probe.embed_dim != ours.embed_dim:
             raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
         if probe.num_classes != len(classes):

@@ -234,7 +234,7 @@ class SequentialVJEPA2Extractor:
                 finished.append(i)
         manifest = Manifest(output_dir / "manifest.jsonl")
         for i in finished:
-            manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped", "already complete", extra=tag)
+            manifest.record(f"{source}#window{i}", outputs[i].name, "skipped", "already complete", extra=tag)
             summary["skipped"] += 1
         if summary["skipped"]:
             logger.info("%s: %d of %d windows already complete, skipped", source, summary["skipped"], len(mine))
@@ -258,7 +258,7 @@ class SequentialVJEPA2Extractor:
                 for k, error in batch["errors"]:
                     w = windows[k]  # items carry their index into `windows`
                     logger.error("%s window %d: %s", source, w.index, error)
-                    manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error, extra=tag)
+                    manifest.record(f"{source}#window{w.index}", outputs[w.index].name, "failed", error, extra=tag)
                     summary["failed"] += 1
                 if batch["clips"] is None:
                     bar.update(len(batch["errors"]))
@@ -270,7 +270,7 @@ class SequentialVJEPA2Extractor:
                         if claims.enter_context(claim_output(path)) and (self.overwrite or not is_complete(path)):
                             keep.append(j)
                         else:  # another process over the same tree has it, or just finished it
-                            manifest.record(f"{source}#window{windows[k].index}", str(path), "skipped",
+                            manifest.record(f"{source}#window{windows[k].index}", path.name, "skipped",
                                             "written by another process", extra=tag)
                             summary["skipped"] += 1
                     # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
@@ -296,7 +296,7 @@ class SequentialVJEPA2Extractor:
                             },
                         }
                         save_features(record, outputs[w.index], self.fmt)
-                        manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "ok", extra=tag)
+                        manifest.record(f"{source}#window{w.index}", outputs[w.index].name, "ok", extra=tag)
                         summary["ok"] += 1
                 bar.update(len(batch["windows"]) + len(batch["errors"]))
         elapsed = time.perf_counter() - start
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}
-    for kind, path in inputs:
+    for position, (kind, path) in enumerate(inputs):
         # one input → its windows directly in output_dir; several → one sub-folder each
         out = output_root if len(inputs) == 1 else output_root / (path.stem if kind == "video" else path.name)
         try:
@@ -389,10 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise
-            logger.error("%s", exc if str(exc).startswith(str(path)) else f"{path}: {exc}")
+            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            # Every shard meets a broken input the same way (it fails before its windows are
+            # split): one shard, by the input's position, records and counts it for all.
+            owner = position % shard[1]
+            if owner != shard[0]:
+                logger.info("%s (recorded by shard %d/%d)", message, owner, shard[1])
+                continue
+            logger.error("%s", message)
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(out / "manifest.jsonl") as manifest:
-                manifest.record(str(path), str(out), "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
+                manifest.record(str(path), None, "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
             failed_inputs += 1
             continue
         for key in totals:

@@ -155,11 +155,17 @@ def test_failed_video_hint_names_each_manifest(tmp_path):
     proc = run_script(listing, out, 2, "--sequential", "--frame_step", "25", "--window", "4", *MODEL, timeout=300)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert not (out / "manifest.jsonl").exists()
-    reasons = []
-    for i in range(2):
-        last = [line for line in (out / "logs" / f"shard_{i}.log").read_text().splitlines() if line.strip()][-1]
-        assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
-        reasons.append(f"shard {i}/2 (exit 3): {last}")
+    # The broken video (input 1) is recorded and counted once, by shard 1 % 2; shard 0 says so.
+    logs = [(out / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
+    assert f"{broken}: " in logs[0] and "(recorded by shard 1/2)" in logs[0]
+    assert "ERROR vjepa2_sequential_extractor" not in logs[0]
+    last = [line for line in logs[1].splitlines() if line.strip()][-1]
+    assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
+    records = features.Manifest.read(out / "broken" / "manifest.jsonl")
+    assert [(r["input"], r["status"], r["output"], r["shard"]) for r in records] == [(str(broken), "failed", None, "1/2")]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("0/2", "1/2"))]
+    assert [row[1] for row in rows] == ["0", "3"] and sum(int(row[4]) for row in rows) == 1
+    reasons = [f"shard 1/2 (exit 3): {last}"]
     assert proc.stderr.splitlines() == reasons + [
         f"some shards failed or had failed inputs; see {out}/logs/ and the manifests: "
         f"{out}/bikes/manifest.jsonl, {out}/broken/manifest.jsonl"]
