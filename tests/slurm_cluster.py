@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
+REQUIRED_COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 INSTALL_HINT = "apt-get install slurm-wlm munge (.ci/run does)"
 
 
@@ -161,7 +161,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
 
 def start(root: Path) -> SlurmCluster:
-    missing = [name for name in DAEMONS if shutil.which(name) is None]
+    missing = [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
     if missing:
         raise ClusterUnavailable(f"{', '.join(missing)} not installed: {INSTALL_HINT}")
     if os.geteuid() != 0:
