@@ -457,7 +457,7 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
     """Decode, encode and save one chunk (the caller holds its claim). `sizes`: image sizes where the
     grid depends on them (`full`): batches then hold one grid each."""
     chunk: dict[str, dict] = {}
-    batches = batches_by_key([sizes.get(rel) for rel in group], batch_size)
+    batches = batches_by_key([encoder.spatial.batch_key(sizes.get(rel)) for rel in group], batch_size)
     loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batches,
                          num_workers, str(encoder.device))
     for batch in loader:

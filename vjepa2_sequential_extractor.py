@@ -275,7 +275,8 @@ class SequentialVJEPA2Extractor:
             return summary
 
         # one grid per batch: with `full`, windows are batched by frame size (a video has one)
-        batches = batches_by_key([sizes[i] if sizes else None for i in pending], batch_size or self.batch_size)
+        batches = batches_by_key([self.encoder.spatial.batch_key(sizes[i] if sizes else None) for i in pending],
+                                 batch_size or self.batch_size)
         loader = DataLoader(Subset(dataset, pending), batch_sampler=batches,
                             num_workers=self.num_workers, collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")

@@ -91,6 +91,11 @@ class SpatialPlan:
             raise ValueError("--spatial full: the token grid depends on the frame size; give it")
         return patch_aligned_hw(height, width, self.short_side, self.patch_size)
 
+    def batch_key(self, image_hw: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Encoder input size of a frame of `image_hw` (None: unknown): frames with equal keys have one
+        grid and may share a forward pass."""
+        return None if image_hw is None else self.input_hw(*image_hw)
+
     def grid(self, num_frames: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames of `height`×`width` px."""
         h, w = self.input_hw(height, width)
