@@ -92,8 +92,10 @@ class SpatialPlan:
         return patch_aligned_hw(height, width, self.short_side, self.patch_size)
 
     def batch_key(self, image_hw: tuple[int, int] | None) -> tuple[int, int] | None:
-        """Encoder input size of a frame of `image_hw` (None: unknown): frames with equal keys have one
-        grid and may share a forward pass."""
+        """Encoder input size of a frame of `image_hw`: frames with equal keys have one grid and may
+        share a forward pass. None where it depends on a size not known (`full`, unreadable header)."""
+        if self.mode == "center":
+            return self.input_hw()
         return None if image_hw is None else self.input_hw(*image_hw)
 
     def grid(self, num_frames: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:

@@ -92,11 +92,13 @@ def test_plan_grids_and_refusals():
 
 
 def test_batches_by_key_never_mix():
-    keys = ["a", "b", "a", "a", None, "b", "a"]
+    keys = ["a", "b", "a", "a", None, "b", "a", None]
     batches = batches_by_key(keys, 2)
-    assert batches == [[0, 2], [3, 6], [1, 5], [4]]
+    assert batches == [[0, 2], [3, 6], [1, 5], [4], [7]]  # an unknown grid goes alone
     assert sorted(i for b in batches for i in b) == list(range(len(keys)))
     assert all(len({keys[i] for i in b}) == 1 for b in batches)
+    plan = SpatialPlan("center", crop=32, patch_size=16, tubelet_size=2)
+    assert plan.batch_key(None) == plan.batch_key((40, 80)) == (32, 32)  # centre crops: one grid
 
 
 def test_read_image_size_applies_exif_rotation(tmp_path):
