@@ -27,7 +27,7 @@ from tqdm import tqdm
 from src import cli, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps, read_image_size
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.spatial import DEFAULT_MAX_TOKENS, check_spatial_options
 from src.windows import (
@@ -63,6 +63,7 @@ class SequentialVJEPA2Extractor:
         allow_gaps: proceed over missing frame numbers (reported either way).
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
+        layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
         spatial: "center" (the centre crop) or "full" (the whole frame; see src/spatial.py).
         short_side: `full`: the short side frames are resized to (default: the crop size).
         max_tokens: refuse windows with more tokens than this (None: no limit).
@@ -72,8 +73,9 @@ class SequentialVJEPA2Extractor:
                  img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
-                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder", compile: bool = False,
-                 spatial: str = "center", short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+                 shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
+                 layers: str | list[int] = "last", spatial: str = "center", short_side: int | None = None,
+                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
         except ValueError as exc:
@@ -89,7 +91,7 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile, spatial=spatial,
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers, spatial=spatial,
                                   short_side=short_side, max_tokens=max_tokens)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
@@ -223,9 +225,11 @@ class SequentialVJEPA2Extractor:
         plan = self.encoder.spatial
         found = {"model": meta.get("model"), "img_size": info.get("img_size"),
                  "spatial": meta.get("spatial", "center"),  # files from before --spatial are centre crops
-                 "frames": meta.get("frame_numbers")}
+                 "frames": meta.get("frame_numbers"),
+                 "layers": stored_layers(info)}
         expected = {"model": self.model_name, "img_size": self.encoder.crop, "spatial": plan.mode,
-                    "frames": metadata_fn(window, None)["frame_numbers"]}
+                    "frames": metadata_fn(window, None)["frame_numbers"],
+                    "layers": stored_layers(self.encoder.describe(self.window))}
         if plan.mode == "full" and found["spatial"] == "full":
             found["short_side"], expected["short_side"] = meta.get("short_side"), plan.short_side
         if found != expected:
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
-        spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
+        layers=args.layers, spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}

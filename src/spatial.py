@@ -53,6 +53,8 @@ class SpatialPlan:
         tubelet_size: frames per temporal token.
         short_side: full: the short side frames are resized to (a multiple of the patch).
         max_tokens: the most tokens per clip a run accepts (None: no limit).
+        image_path_frames: clips of this many frames take the model's image path (2.1: 1), one
+            temporal token per frame; None: none do.
     """
 
     mode: str
@@ -61,6 +63,7 @@ class SpatialPlan:
     tubelet_size: int
     short_side: int | None = None
     max_tokens: int | None = DEFAULT_MAX_TOKENS
+    image_path_frames: int | None = None
 
     def __post_init__(self):
         check_spatial_options(self.mode, self.short_side, self.max_tokens)
@@ -101,9 +104,10 @@ class SpatialPlan:
     def grid(self, num_frames: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames of `height`×`width` px."""
         h, w = self.input_hw(height, width)
-        if num_frames % self.tubelet_size:
-            raise ValueError(f"{num_frames} frames do not tile into {self.tubelet_size}-frame tubelets")
-        return num_frames // self.tubelet_size, h // self.patch_size, w // self.patch_size
+        tubelet = 1 if num_frames == self.image_path_frames else self.tubelet_size  # as the model's patch_grid
+        if num_frames <= 0 or num_frames % tubelet:
+            raise ValueError(f"{num_frames} frames do not tile into {tubelet}-frame tubelets")
+        return num_frames // tubelet, h // self.patch_size, w // self.patch_size
 
     def covered_box(self, height: int, width: int) -> dict:
         """The source-pixel region the features cover: the centre crop, or the whole frame."""

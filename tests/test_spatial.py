@@ -346,3 +346,22 @@ def test_pipeline_full_on_bikes(tmp_path):
     assert (over != first).any(-1).mean() > 0.95
     package = json.loads((out / "package" / "metadata.json").read_text())
     assert package["flags"]["spatial"] == "full" and package["model_info"]["spatial_patches"] is None
+
+
+def test_v21_image_path_and_video_on_full_frames(tmp_path):
+    # 2.1: an image goes through the image path as one frame (one temporal token) on its own grid
+    ex = vx.VJEPA2Extractor("random:vjepa2_1_tiny", device="cpu", img_size=32, spatial="full")
+    assert ex.image_frames == 1 and ex.grid_for((40, 80)) == (1, 2, 4)
+    image = rgb(40, 80, seed=5)
+    feats = ex.extract_features(image)
+    resized = cv2.resize(image, (64, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    x = (resized - np.array(IMAGENET_DEFAULT_MEAN, np.float32)) / np.array(IMAGENET_DEFAULT_STD, np.float32)
+    with torch.inference_mode():
+        reference = ex.encoder.model(torch.from_numpy(x).permute(2, 0, 1)[None, :, None])[0]  # [1, 3, 1, 32, 64]
+    assert feats.shape == (8, ex.embed_dim)
+    torch.testing.assert_close(feats, reference.half().float(), atol=2e-3, rtol=2e-3)
+    # and windows of a real clip: the same non-square grid as 2.0
+    seq = SequentialVJEPA2Extractor("random:vjepa2_1_tiny", device="cpu", img_size=32, spatial="full")
+    assert seq.process_video(BIKES, tmp_path / "v21", last_frame=15)["ok"] == 1
+    meta = load_features(tmp_path / "v21" / "window_00000.pt")["metadata"]
+    assert meta["grid"] == [8, 2, 5] and meta["crop_box"]["x1"] == 640
