@@ -109,6 +109,7 @@ class VJEPA2Extractor:
         checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
+        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
         spatial: "center" (the centre crop) or "full" (the whole image, its own grid; see src/spatial.py).
         short_side: `full`: the short side images are resized to (default: the crop size).
         max_tokens: refuse images with more tokens than this (None: no limit).
@@ -117,14 +118,14 @@ class VJEPA2Extractor:
     def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
                  use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
                  img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", spatial: str = "center", short_side: int | None = None,
-                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
+                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
+                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
         check_image_frames(image_frames)
         if dtype is None:
             dtype = "fp16" if use_fp16 else "auto"
         self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
                                    img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers,
-                                   spatial=spatial, short_side=short_side, max_tokens=max_tokens)
+                                   num_heads=num_heads, spatial=spatial, short_side=short_side, max_tokens=max_tokens)
         self.image_frames = resolve_image_frames(self.encoder, image_frames)
         # raises here if image_frames does not tile into tubelets (Tp does not depend on the image)
         tp, hp, wp = self.encoder.grid(self.image_frames, (self.encoder.crop, self.encoder.crop))
@@ -596,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
                                     dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
-                                    compile=args.compile, layers=args.layers, spatial=args.spatial,
-                                    short_side=args.short_side, max_tokens=args.max_tokens)
+                                    compile=args.compile, layers=args.layers, num_heads=args.num_heads,
+                                    spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens)
     except ValueError as exc:  # a bad spec, file, --layers, --image_frames or --short_side for this model
         raise cli.UsageError(str(exc)) from None
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers

@@ -64,6 +64,7 @@ class SequentialVJEPA2Extractor:
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
+        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
         spatial: "center" (the centre crop) or "full" (the whole frame; see src/spatial.py).
         short_side: `full`: the short side frames are resized to (default: the crop size).
         max_tokens: refuse windows with more tokens than this (None: no limit).
@@ -74,8 +75,8 @@ class SequentialVJEPA2Extractor:
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", spatial: str = "center", short_side: int | None = None,
-                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
+                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
+                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
         except ValueError as exc:
@@ -91,8 +92,8 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers, spatial=spatial,
-                                  short_side=short_side, max_tokens=max_tokens)
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers,
+                                  num_heads=num_heads, spatial=spatial, short_side=short_side, max_tokens=max_tokens)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -403,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
-        layers=args.layers, spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
+        layers=args.layers, num_heads=args.num_heads, spatial=args.spatial, short_side=args.short_side,
+        max_tokens=args.max_tokens,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}
