@@ -16,7 +16,8 @@ usage: run_parallel_extraction.sh INPUT OUTPUT_DIR NUM_GPUS [extra args...]
               logs/shard_<i>.log)
   NUM_GPUS    number of processes (shards) N; shard i runs on GPU i % (GPUs found),
               or on the CPU when nvidia-smi lists no GPU
-  extra args  passed to every process (e.g. --model, --batch_size, --image_frames);
+  extra args  passed to every process (e.g. --model, --batch_size, --image_frames,
+              --spatial full);
               --sequential selects the sequential (video / frame folder) extractor
 
 Environment: PYTHON (interpreter, default python); CUDA_VISIBLE_DEVICES, when set,

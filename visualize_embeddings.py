@@ -9,8 +9,8 @@ Reads window files (.pt, .safetensors) from vjepa2_sequential_extractor.py and i
 from vjepa2_extractor.py. A chunk's keys are image paths relative to that run's --image_dir: pass
 the same folder as --image_root for the overlays (or --no_overlay for projections only). One
 projection is fitted on a sample of all given files, so colours agree across them. Overlays sit
-exactly on the centre-crop region the features cover (the crop box in each file's metadata), with
-`--alpha` opacity. Pictures are named after the window file or image, so inputs with the same
+exactly on the region the features cover (the covered box in each file's metadata: the centre crop,
+or the whole frame for `--spatial full` features, on any grid), with `--alpha` opacity. Pictures are named after the window file or image, so inputs with the same
 names (windows of two runs) write the same files: the later input's pictures replace the earlier.
 
 Exit codes: 0 done, 1 internal error, 2 bad arguments (nothing drawn), 3 finished but some items

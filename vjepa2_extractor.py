@@ -7,7 +7,9 @@ r"""V-JEPA 2 / 2.1 features for a folder of still images, written as chunk files
 A 2.1 model encodes each image as one frame through its image path (``--image_frames 1``,
 the default for 2.1: one temporal token). A 2.0 model is a video encoder only: each image is
 repeated along time to ``--image_frames`` frames (16 → 8 temporal tokens, 2 → 1, the fast
-mode; 2.1 models take this too). Features are ``[tokens, D]`` fp16. The sorted image list (of this shard) is cut into groups of
+mode; 2.1 models take this too). Features are ``[tokens, D]`` fp16, of the centre crop or, with
+``--spatial full``, of the whole image (its own non-square grid; images are batched by grid).
+The sorted image list (of this shard) is cut into groups of
 ``--chunk_size``; group k is written atomically to
 ``features_shard{i:03d}of{N:03d}_chunk{k:05d}.pt`` as ``{relative_path: {"features",
 "metadata"}}``. A rerun skips complete chunks (resume after a kill), and
@@ -34,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from src import cli, features, frames, sharding
 from src.inference import ClipEncoder, dtype_name, stored_layers
-from src.windows import check_frame_size, default_num_workers
+from src.spatial import DEFAULT_MAX_TOKENS
+from src.windows import batches_by_key, check_frame_size, default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
 
@@ -108,19 +111,28 @@ class VJEPA2Extractor:
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
         num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
+        spatial: "center" (the centre crop) or "full" (the whole image, its own grid; see src/spatial.py).
+        short_side: `full`: the short side images are resized to (default: the crop size).
+        max_tokens: refuse images with more tokens than this (None: no limit).
     """
 
     def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
                  use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
                  img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", num_heads: int | None = None):
+                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
+                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
         check_image_frames(image_frames)
         self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype_name(dtype, use_fp16),
                                    img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers,
-                                   num_heads=num_heads)
+                                   num_heads=num_heads, spatial=spatial, short_side=short_side, max_tokens=max_tokens)
         self.image_frames = resolve_image_frames(self.encoder, image_frames)
-        tp, hp, wp = self.grid  # raises here if image_frames does not tile into tubelets
-        if self.image_frames == 1:
+        # raises here if image_frames does not tile into tubelets (Tp does not depend on the image)
+        tp, hp, wp = self.encoder.grid(self.image_frames, (self.encoder.crop, self.encoder.crop))
+        if self.encoder.spatial.mode == "full":
+            logger.info("each image %s → %d temporal token(s) × its own whole-image grid",
+                        "goes through the model's image path as one frame" if self.image_frames == 1
+                        else f"is repeated to {self.image_frames} frames", tp)
+        elif self.image_frames == 1:
             logger.info("each image goes through the model's image path as one frame → %d×%d = %d tokens per image",
                         hp, wp, hp * wp)
         else:
@@ -132,8 +144,15 @@ class VJEPA2Extractor:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        """Token grid (Tp, Hp, Wp) of one image, from the loaded model."""
+        """Token grid (Tp, Hp, Wp) of one image, from the loaded model (`center`; with `full` each image
+        has its own: `grid_for`)."""
+        if self.encoder.spatial.mode == "full":
+            raise ValueError("with spatial='full' each image has its own grid: use grid_for((height, width))")
         return self.encoder.grid(self.image_frames)
+
+    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """Token grid (Tp, Hp, Wp) of an image of `image_hw` = (height, width) pixels."""
+        return self.encoder.grid(self.image_frames, image_hw)
 
     @property
     def embed_dim(self) -> int:
@@ -144,19 +163,27 @@ class VJEPA2Extractor:
         return self.encoder.preprocess(frame[None])  # [C, 1, crop, crop]
 
     def extract_batch(self, images: Sequence) -> torch.Tensor:
-        """``[B, tokens, D]`` float32 (CPU) features of several images in one forward pass."""
+        """``[B, tokens, D]`` float32 (CPU) features of several images in one forward pass (with
+        ``spatial="full"`` the images must share one grid: one forward pass holds one grid)."""
         if len(images) == 0:
             raise ValueError("extract_batch: no images")
-        clips = torch.stack([self._clip(image) for image in images])
+        clips = [self._clip(image) for image in images]
+        sizes = sorted({tuple(c.shape[-2:]) for c in clips})
+        if len(sizes) > 1:
+            raise ValueError(f"extract_batch: images of different grids ({', '.join(f'{h}×{w} px' for h, w in sizes)}"
+                             " after resizing) cannot share one forward pass; call extract_features per image")
+        clips = torch.stack(clips)
         return encode_frames(self.encoder, clips, self.image_frames).float()
 
     def extract_features(self, image) -> torch.Tensor:
         """``[tokens, D]`` float32 (CPU) features of one image (path, PIL image or array)."""
         return self.extract_batch([image])[0]
 
-    def aggregate_features(self, feats: torch.Tensor, method: str = "mean") -> torch.Tensor:
-        """Pool features of this extractor (see the module-level :func:`aggregate_features`)."""
-        _, hp, wp = self.grid
+    def aggregate_features(self, feats: torch.Tensor, method: str = "mean",
+                           image_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Pool features of this extractor (see the module-level :func:`aggregate_features`); with
+        ``spatial="full"`` give the image's ``(height, width)``, which sets its grid."""
+        _, hp, wp = self.grid if image_hw is None else self.grid_for(image_hw)
         return aggregate_features(feats, method, (hp, wp))
 
 
@@ -183,7 +210,7 @@ def resolve_image_frames(encoder: ClipEncoder, image_frames: int | None) -> int:
 
 
 def encode_frames(encoder: ClipEncoder, clips: torch.Tensor, image_frames: int) -> torch.Tensor:
-    """Single preprocessed frames ``[B, C, 1, crop, crop]`` → fp16 ``[B, tokens, D]``.
+    """Single preprocessed frames ``[B, C, 1, H, W]`` (one size) → fp16 ``[B, tokens, D]``.
 
     With ``image_frames`` 1 the frame goes through the model's image path as it is; otherwise
     it is repeated to ``image_frames`` along T with ``expand`` (no copy here; the encoder's
@@ -200,7 +227,8 @@ def encode_frames(encoder: ClipEncoder, clips: torch.Tensor, image_frames: int) 
 class ImageDataset(Dataset):
     """Preprocessed single frames of images under ``root``.
 
-    Item i is ``(i, frame [C, 1, crop, crop], (h, w))`` or, when the image cannot be read or
+    Item i is ``(i, frame [C, 1, H, W], (h, w))`` (crop×crop, or the image's own size with
+    ``--spatial full``) or, when the image cannot be read or
     preprocessed, ``(i, "error message", None)``: a bad file must not stop the run.
     """
 
@@ -249,11 +277,12 @@ def _worker_init(_: int) -> None:
         pass
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: str) -> DataLoader:
+def make_loader(dataset: Dataset, batches: int | list[list[int]], num_workers: int, device: str) -> DataLoader:
+    """`batches`: a batch size, or the batches themselves (lists of dataset indices)."""
+    sizing = {"batch_size": batches, "shuffle": False} if isinstance(batches, int) else {"batch_sampler": batches}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        **sizing,
         num_workers=num_workers,
         collate_fn=collate_images,
         pin_memory=str(device).startswith("cuda"),
@@ -324,12 +353,15 @@ def _existing_chunk_keys(path: Path, expected: Iterable[str], config: dict) -> s
         return None
     for entry in list(chunk.values())[:1]:
         meta = entry.get("metadata", {}) if isinstance(entry, dict) else {}
+        spatial = meta.get("spatial", "center")  # chunks from before --spatial are centre crops
         info = meta.get("model_info") or {}
         found = {
             "image_frames": meta.get("image_frames"),
-            "grid": meta.get("grid"),
+            "grid": meta.get("grid") if spatial == "center" else None,  # `full`: each image its own
             "model_name": info.get("model_name"),
             "layers": stored_layers(info),
+            "spatial": spatial,
+            "short_side": meta.get("short_side") if spatial == "full" else None,
         }
         if found != config:
             raise cli.UsageError(
@@ -385,13 +417,10 @@ def extract_directory(
     shard_label = f"{shard_index}/{num_shards}"
     manifest = manifest if manifest is not None else features.Manifest(output_dir / "manifest.jsonl")
     extra = {"shard": shard_label}
-    tp, hp, wp = encoder.grid(image_frames)
-    model_info = encoder.describe(image_frames)
-    config = {"image_frames": image_frames, "grid": [tp, hp, wp], "model_name": model_info["model_name"],
-              "layers": stored_layers(model_info)}
-
+    config = _chunk_config(encoder, image_frames)
     paths = sorted(rel_paths)
     _check_no_foreign_chunks(output_dir, shard_index, num_shards, len(split_chunks(paths, chunk_size)))
+    sizes = _image_sizes(encoder, image_dir, paths, image_frames) if encoder.spatial.mode == "full" else {}
     summary = ExtractionSummary()
     start = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", desc=f"shard {shard_label}", disable=None if progress is None
@@ -425,20 +454,48 @@ def extract_directory(
                     bar.update(len(group))
                     continue
                 _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers,
-                              manifest, extra, summary, bar, model_info)
+                              manifest, extra, summary, bar, sizes)
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary
 
 
+def _chunk_config(encoder: ClipEncoder, image_frames: int) -> dict:
+    """What a finished chunk must have been written with for this run to keep it."""
+    full = encoder.spatial.mode == "full"
+    info = encoder.describe(image_frames)
+    return {"image_frames": image_frames, "grid": None if full else list(encoder.grid(image_frames)),
+            "model_name": info["model_name"], "layers": stored_layers(info), "spatial": encoder.spatial.mode,
+            "short_side": encoder.spatial.short_side if full else None}
+
+
+def _image_sizes(encoder: ClipEncoder, image_dir: Path, paths: Sequence[str], image_frames: int) -> dict:
+    """`--spatial full`: each image's (height, width) from its header, to batch images of one grid
+    together; refuses (exit 2), before any work, images whose grid exceeds --max_tokens."""
+    logger.info("--spatial full: reading the sizes of %d images (headers only)", len(paths))
+    sizes = {rel: frames.read_image_size(image_dir / rel) for rel in paths}
+    too_big = []
+    for rel, hw in sizes.items():
+        if hw is not None:
+            try:
+                encoder.spatial.check_tokens(image_frames, *hw, name=f"{image_dir / rel}")
+            except ValueError as exc:
+                too_big.append(str(exc))
+    if too_big:
+        more = f" ({len(too_big) - 1} more image(s) too)" if len(too_big) > 1 else ""
+        raise cli.UsageError(too_big[0] + more)
+    return sizes
+
+
 def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers, manifest, extra,
-                  summary, bar, model_info) -> None:
-    """Decode, encode and save one chunk (the caller holds its claim)."""
-    tp, hp, wp = encoder.grid(image_frames)
+                  summary, bar, sizes) -> None:
+    """Decode, encode and save one chunk (the caller holds its claim). `sizes`: image sizes where the
+    grid depends on them (`full`): batches then hold one grid each."""
     chunk: dict[str, dict] = {}
-    loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batch_size, num_workers,
-                         str(encoder.device))
+    batches = batches_by_key([encoder.spatial.batch_key(sizes.get(rel)) for rel in group], batch_size)
+    loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batches,
+                         num_workers, str(encoder.device))
     for batch in loader:
         for i, error in batch["errors"]:
             logger.error("%s: %s", group[i], error)
@@ -452,15 +509,14 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
                     "features": out[j],
                     "metadata": {
                         "source": rel,
-                        "image_size": [h, w],
-                        "crop_box": encoder.crop_box(h, w),
+                        **encoder.spatial.metadata(image_frames, h, w),  # grid, image_size, covered box
                         "image_frames": image_frames,
                         "image_path": "image" if image_frames == 1 else "video (image repeated)",
-                        "grid": [tp, hp, wp],
-                        "model_info": model_info,
+                        "model_info": encoder.describe(image_frames, (h, w)),
                     },
                 }
         bar.update(len(batch["index"]) + len(batch["errors"]))
+    chunk = {rel: chunk[rel] for rel in group if rel in chunk}  # the list's order, whatever the batching
     if chunk:
         features.save_chunk(chunk, path)
         for rel in chunk:
@@ -477,7 +533,7 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter,
-                                parents=[cli.common_parser()])
+                                parents=[cli.common_parser(), cli.spatial_parser()])
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--image_dir", required=True, help="folder of images")
     g.add_argument("--output_dir", required=True, help="folder for chunk files, manifest.jsonl")
@@ -540,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
                                     dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
-                                    compile=args.compile, layers=args.layers, num_heads=args.num_heads)
-    except ValueError as exc:  # a bad spec, file, --layers or --image_frames for this model
+                                    compile=args.compile, layers=args.layers, num_heads=args.num_heads,
+                                    spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens)
+    except ValueError as exc:  # a bad spec, file, --layers, --image_frames or --short_side for this model
         raise cli.UsageError(str(exc)) from None
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers
     from tqdm.contrib.logging import logging_redirect_tqdm

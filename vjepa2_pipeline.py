@@ -6,8 +6,8 @@
 
 Extraction runs in-process (the sequential extractor, resumable); one projection per method is
 fitted once on a sample of all tokens of the run, so colours agree across windows and time; every
-source frame becomes exactly one animation frame, its token's colours overlaid on the centre-crop
-region the features cover. Output: features/, <method>_projection/, <method>_overlay/, original/,
+source frame becomes exactly one animation frame, its token's colours overlaid on the region the
+features cover (the centre crop, or the whole frame with `--spatial full`). Output: features/, <method>_projection/, <method>_overlay/, original/,
 videos/, package/ (metadata.json + the files) and <name>_package.zip.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ logger = logging.getLogger("vjepa2_pipeline")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser()],
                                 formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("input and extraction")
     src.add_argument("--frame_dir", default=None, help="folder of numbered frames")
@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--allow_gaps", action="store_true")
     src.add_argument("--overwrite", action="store_true",
                      help="recompute feature files already in OUTPUT_DIR/features (kept by default when they "
-                          "match this run's model, crop and frames; a mismatch stops the run)")
+                          "match this run's model, crop, --spatial and frames; a mismatch stops the run)")
     vis = p.add_argument_group("pictures")
     vis.add_argument("--umap_visualization", action="store_true",
                      help="UMAP PNGs per temporal token (with no picture or video flag at all: UMAP and PCA)")
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
         compile=args.compile, overwrite=args.overwrite, layers=args.layers, num_heads=args.num_heads,
+        spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
     )
     if args.frame_dir:
         summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)

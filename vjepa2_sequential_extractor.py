@@ -6,7 +6,8 @@
 
 Each window of `--window` frames (every `--stride` frames) becomes `window_NNNNN.pt` (or
 .safetensors) with `features [N, D]` fp16, `shape`, `dtype`, `model_info` and `metadata`
-(frames, temporal mapping, timestamps, crop box). Outputs are written atomically; existing
+(frames, temporal mapping, timestamps, token grid, covered box). `--spatial full` encodes the whole
+frame (non-square grid) instead of the centre crop. Outputs are written atomically; existing
 complete outputs are skipped, so a killed run, rerun, finishes the job. `--shard i/N` (or
 torchrun/Slurm/PBS variables) splits the windows across processes.
 """
@@ -25,12 +26,13 @@ from tqdm import tqdm
 
 from src import cli, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
-from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
+from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps, read_image_size
 from src.inference import ClipEncoder, dtype_name, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
+from src.spatial import DEFAULT_MAX_TOKENS, check_spatial_options
 from src.windows import (
-    TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
-    temporal_mapping, worker_init,
+    TAIL_MODES, FrameWindowDataset, VideoWindowDataset, batches_by_key, collate_windows, default_num_workers,
+    plan_windows, temporal_mapping, worker_init,
 )
 
 logger = logging.getLogger("vjepa2_sequential_extractor")
@@ -65,6 +67,9 @@ class SequentialVJEPA2Extractor:
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
         num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
+        spatial: "center" (the centre crop) or "full" (the whole frame; see src/spatial.py).
+        short_side: `full`: the short side frames are resized to (default: the crop size).
+        max_tokens: refuse windows with more tokens than this (None: no limit).
     """
 
     def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", use_fp16: bool = False,
@@ -73,12 +78,14 @@ class SequentialVJEPA2Extractor:
                  tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", num_heads: int | None = None):
+                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
+                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
             dtype = dtype_name(dtype, use_fp16)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
+        check_spatial_options(spatial, short_side, max_tokens)
         if batch_size <= 0:
             raise cli.UsageError(f"--batch_size must be positive, got {batch_size}")
         # The model loads on first use, after the inputs are checked: a hub ViT-g takes minutes to
@@ -90,7 +97,7 @@ class SequentialVJEPA2Extractor:
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
                                   checkpoint_key=checkpoint_key, compile=compile, layers=layers,
-                                  num_heads=num_heads)
+                                  num_heads=num_heads, spatial=spatial, short_side=short_side, max_tokens=max_tokens)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -133,6 +140,8 @@ class SequentialVJEPA2Extractor:
         windows = plan_windows(len(frames), self.window, stride or self.stride, self.tail)
         dataset = FrameWindowDataset([p for _, p in frames], windows, self.encoder.transform,
                                      min_side=self.encoder.model.patch_size)
+        # `full`: a window's grid follows its frames' size (headers only), to batch equal grids together
+        sizes = [read_image_size(frames[w.positions[0]][1]) for w in windows] if self._full else None
 
         def metadata(window, image_hw):
             used = [frames[p] for p in window.positions]
@@ -147,7 +156,7 @@ class SequentialVJEPA2Extractor:
                 "gaps": [list(g) for g in gaps],
             }
 
-        return self._extract(str(frame_dir), windows, dataset, Path(output_dir), metadata, batch_size)
+        return self._extract(str(frame_dir), windows, dataset, Path(output_dir), metadata, batch_size, sizes)
 
     def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
                       batch_size: int | None = None, backend: str = "auto", first_frame: int | None = None,
@@ -173,6 +182,7 @@ class SequentialVJEPA2Extractor:
             fps = reader.fps
             # float32 noise (8.960000038146973) would read as a real sub-microsecond offset
             timestamps = [round(t, 6) for t in reader.timestamps(indices)]
+            frame_hw = (reader.height, reader.width)
         span = f"frames {start}..{stop - 1}, " if first_frame is not None or last_frame is not None else ""
         self._check_length(len(indices), f"{video_path}: {len(indices)} frames ({span}frame_step {frame_step})")
         windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
@@ -193,7 +203,21 @@ class SequentialVJEPA2Extractor:
                 "temporal_mapping": temporal_mapping(used),
             }
 
-        return self._extract(str(video_path), windows, dataset, Path(output_dir), metadata, batch_size)
+        sizes = [frame_hw] * len(windows) if self._full else None
+        return self._extract(str(video_path), windows, dataset, Path(output_dir), metadata, batch_size, sizes)
+
+    @property
+    def _full(self) -> bool:
+        return self._encoder_args["spatial"] == "full"
+
+    def _check_tokens(self, source: str, sizes: list | None) -> None:
+        """Refuse, before any window is encoded, frame sizes whose grid exceeds --max_tokens."""
+        for hw in dict.fromkeys(sizes or []):
+            if hw is not None:
+                try:
+                    self.encoder.spatial.check_tokens(self.window, *hw, name=f"{source}: a {self.window}-frame window")
+                except ValueError as exc:
+                    raise cli.UsageError(str(exc)) from None
 
     def _check_length(self, available: int, what: str) -> None:
         if available < self.window:
@@ -203,12 +227,16 @@ class SequentialVJEPA2Extractor:
         """Refuse to keep a finished window written by a different model, crop or frame choice:
         skipping it would mix features of two runs in one folder."""
         meta, info = record.get("metadata") or {}, record.get("model_info") or {}
+        plan = self.encoder.spatial
         found = {"model": meta.get("model"), "img_size": info.get("img_size"),
+                 "spatial": meta.get("spatial", "center"),  # files from before --spatial are centre crops
                  "frames": meta.get("frame_numbers"),
                  "layers": stored_layers(info)}
-        expected = {"model": self.model_name, "img_size": self.encoder.crop,
+        expected = {"model": self.model_name, "img_size": self.encoder.crop, "spatial": plan.mode,
                     "frames": metadata_fn(window, None)["frame_numbers"],
                     "layers": stored_layers(self.encoder.describe(self.window))}
+        if plan.mode == "full" and found["spatial"] == "full":
+            found["short_side"], expected["short_side"] = meta.get("short_side"), plan.short_side
         if found != expected:
             def show(v):
                 return f"{v[0]}..{v[-1]}" if isinstance(v, list) and v else repr(v)
@@ -217,7 +245,10 @@ class SequentialVJEPA2Extractor:
                                  "use another --output_dir or pass --overwrite")
 
     # ------------------------------------------------------------------ the loop
-    def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size) -> dict:
+    def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size,
+                 sizes: list | None = None) -> dict:
+        """`sizes`: (height, width) of each window's frames where the grid depends on it (`full`)."""
+        self._check_tokens(source, sizes)
         output_dir.mkdir(parents=True, exist_ok=True)
         shard_index, shard_count = self.shard
         tag = {"shard": f"{shard_index}/{shard_count}"}  # run_parallel_extraction.sh counts per shard
@@ -252,12 +283,13 @@ class SequentialVJEPA2Extractor:
             manifest.close()
             return summary
 
-        loader = DataLoader(Subset(dataset, pending), batch_size=batch_size or self.batch_size,
+        # one grid per batch: with `full`, windows are batched by frame size (a video has one)
+        batches = batches_by_key([self.encoder.spatial.batch_key(sizes[i] if sizes else None) for i in pending],
+                                 batch_size or self.batch_size)
+        loader = DataLoader(Subset(dataset, pending), batch_sampler=batches,
                             num_workers=self.num_workers, collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")
         tp_frames = self.window
-        info = self.encoder.describe(tp_frames)
-        grid = list(self.encoder.grid(tp_frames))
         start = time.perf_counter()
         with tqdm(total=len(pending), unit="win", desc=Path(source).name, disable=None) as bar, manifest:
             for batch in loader:
@@ -289,14 +321,12 @@ class SequentialVJEPA2Extractor:
                             "features": f,
                             "shape": list(f.shape),
                             "dtype": "float16",
-                            "model_info": info,
+                            "model_info": self.encoder.describe(tp_frames, image_hw),
                             "metadata": {
                                 "window_idx": w.index,
                                 **metadata_fn(w, image_hw),
                                 "num_padded_frames": w.num_padded,
-                                "grid": grid,
-                                "image_size": list(image_hw),
-                                "crop_box": self.encoder.crop_box(*image_hw),
+                                **self.encoder.spatial.metadata(tp_frames, *image_hw),  # grid, covered box
                                 "model": self.model_name,
                                 "extraction_timestamp": datetime.now(timezone.utc).isoformat(),
                             },
@@ -313,7 +343,7 @@ class SequentialVJEPA2Extractor:
 
 # ---------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser()],
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser()],
                                 formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument("--frame_dir", action="append", default=[], help="folder of numbered frames (repeatable)")
@@ -378,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
-        layers=args.layers, num_heads=args.num_heads,
+        layers=args.layers, num_heads=args.num_heads, spatial=args.spatial, short_side=args.short_side,
+        max_tokens=args.max_tokens,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}

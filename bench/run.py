@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """One benchmark command: the machine's matmul limit, the encoder against it and against
-transformers, the extraction pipeline against the forward pass, image modes, peak memory.
+transformers, the extraction pipeline against the forward pass, image modes, whole-frame vs
+centre-crop features on a 16:9 clip, peak memory.
 
     python bench/run.py --quick            # a few minutes on a 2-core CPU
     python bench/run.py                    # fuller (~10 min): deeper models, more runs, more configurations
@@ -46,7 +47,7 @@ from src.models import vision_transformer as vt  # noqa: E402
 from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
 
 WINDOW = 16
-SECTIONS = ["memory", "matmul", "encoder", "pipeline", "images", "v21", "mfu"]
+SECTIONS = ["memory", "matmul", "encoder", "pipeline", "images", "spatial", "v21", "mfu"]
 CLIP = (WINDOW, 256, 256)  # frames, height, width of the encoder benchmark input
 TOKENS = (WINDOW // 2) * (256 // 16) ** 2  # 2048
 log = logging.getLogger("bench")
@@ -388,6 +389,43 @@ def bench_images(model: str, device: str, count: int, batch_size: int, reps: int
             "ratio_2_vs_16": rates["image_frames_2"] / rates["image_frames_16"]}
 
 
+def bench_spatial(model: str, device: str, windows: int, reps: int, tmp: Path, img_size: int | None = None) -> dict:
+    """The cost of seeing the whole frame: the sequential extractor over the shipped 16:9 frames
+    (640×360) with `--spatial center` and `full`; tokens per window, frame area covered, tokens/s."""
+    from src.features import load_features
+    from src.spatial import SPATIAL_MODES
+    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+
+    make_frames(tmp / "frames_16x9", windows * WINDOW)
+    extractors = {m: SequentialVJEPA2Extractor(model, device=device, img_size=img_size, spatial=m, overwrite=True)
+                  for m in SPATIAL_MODES}
+
+    def run(mode):
+        def fn():
+            summary_ = extractors[mode].process_frame_directory(tmp / "frames_16x9", tmp / f"spatial_{mode}")
+            assert summary_["ok"] == windows, summary_
+        return fn
+
+    times = time_calls({m: run(m) for m in SPATIAL_MODES}, reps, extractors["center"].encoder.device,
+                       warmup=0 if device == "cpu" else 1)
+    res = {"model": model, "windows": windows, "window": WINDOW, "modes": {}}
+    for mode in SPATIAL_MODES:
+        meta = load_features(tmp / f"spatial_{mode}" / "window_00000.pt")["metadata"]
+        (h, w), box = meta["image_size"], meta["crop_box"]
+        tokens = math.prod(meta["grid"])
+        seconds = statistics.median(times[mode])
+        res["frame_size"] = [h, w]
+        res["modes"][mode] = {"grid": meta["grid"], "input_size": meta["input_size"], "tokens_per_window": tokens,
+                              "covered_fraction": (box["x1"] - box["x0"]) * (box["y1"] - box["y0"]) / (h * w),
+                              "windows_per_s": windows / seconds, "tokens_per_s": windows * tokens / seconds,
+                              "s_per_window": seconds / windows}
+    center, full = res["modes"]["center"], res["modes"]["full"]
+    res["full_vs_center"] = {"tokens": full["tokens_per_window"] / center["tokens_per_window"],
+                             "time_per_window": full["s_per_window"] / center["s_per_window"],
+                             "tokens_per_s": full["tokens_per_s"] / center["tokens_per_s"]}
+    return res
+
+
 def bench_v21(depth: int, device: str, reps: int, image_count: int, tmp: Path) -> dict:
     """V-JEPA 2.1 vs 2.0 at ViT-L width and the same depth (one 16-frame 256 px clip: what 2.1's
     modality embedding, interleaved and interpolated RoPE and level norm cost), and 2.1's
@@ -541,6 +579,20 @@ def markdown(r: dict) -> str:
                   "| image_frames | images/s |", "|---|---|",
                   f"| 2 | {im['images_per_s']['image_frames_2']:.2f} |", f"| 16 | {im['images_per_s']['image_frames_16']:.2f} |",
                   "", f"image_frames 2 vs 16: **{im['ratio_2_vs_16']:.1f}×**"]
+    if "spatial" in r:
+        sp = r["spatial"]
+        h, w = sp["frame_size"]
+        lines += ["", f"## Whole frame vs centre crop ({sp['model']}, {sp['windows']} windows of {sp['window']} "
+                  f"frames of {w}×{h}, SequentialVJEPA2Extractor)", "",
+                  "| --spatial | input (H×W) | grid | tokens/window | frame area covered | windows/s | tokens/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for mode, m in sp["modes"].items():
+            lines.append(f"| {mode} | {m['input_size'][0]}×{m['input_size'][1]} | {'×'.join(map(str, m['grid']))} | "
+                         f"{m['tokens_per_window']} | {100 * m['covered_fraction']:.0f} % | {m['windows_per_s']:.3f} | "
+                         f"{m['tokens_per_s']:.0f} |")
+        ratio = sp["full_vs_center"]
+        lines += ["", f"full vs center: **{ratio['tokens']:.2f}× the tokens, {ratio['time_per_window']:.2f}× the time "
+                  f"per window** ({ratio['tokens_per_s']:.2f}× the tokens/s)."]
     if "v21" in r:
         v = r["v21"]
         lines += ["", f"## V-JEPA 2.1 vs 2.0 (ViT-L width, depth {v['depth']}, random weights)", "",
@@ -714,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
         if "images" in sections:
             log.info("images ...")
             r["images"] = bench_images(pipe_model, args.device, count=8, batch_size=4, reps=2, tmp=tmp)
+        if "spatial" in sections:
+            log.info("whole frame vs centre crop ...")
+            r["spatial"] = bench_spatial(pipe_model, args.device, windows=4 if args.device == "cpu" else 16,
+                                         reps=max(2, reps - 1), tmp=tmp)
         if "v21" in sections:
             log.info("V-JEPA 2.1 ...")
             r["v21"] = bench_v21(depth, args.device, reps, image_count=8, tmp=tmp)

@@ -68,6 +68,24 @@ def common_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def spatial_parser() -> argparse.ArgumentParser:
+    """Flags of the extracting scripts choosing what part of each frame is encoded (src/spatial.py)."""
+    from src.spatial import DEFAULT_MAX_TOKENS, SPATIAL_MODES  # src.spatial imports this module
+
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("what part of each frame is encoded")
+    group.add_argument("--spatial", choices=SPATIAL_MODES, default="center",
+                       help="center: the original centre crop (--img_size square); full: the whole frame, short "
+                            "side resized to --short_side, long side to the nearest multiple of the 16 px patch, "
+                            "no crop (tokens grow with the frame's area)")
+    group.add_argument("--short_side", type=int, default=None,
+                       help="--spatial full: short side in pixels, a multiple of the patch (default: the crop size)")
+    group.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                       help="--spatial full: refuse, before any work, frames whose clips would have more tokens "
+                            "than this (attention work grows with tokens²)")
+    return parser
+
+
 def _layers_arg(text: str) -> str:
     from src.inference import parse_layers
 

@@ -198,6 +198,19 @@ def load_image(src: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
         raise ValueError(f"{path}: cannot read image ({reason})") from exc
 
 
+def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file as :func:`load_image` returns it (EXIF rotation applied),
+    from its header only (no decoding); None if the header cannot be read (load_image will say why)."""
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as image:
+            width, height = image.size
+            # orientations 5-8 are transposes / quarter turns: exif_transpose swaps the sides
+            rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - any header problem: unknown here, load_image reports it
+        return None
+    return (int(width), int(height)) if rotated else (int(height), int(width))
+
+
 # --------------------------------------------------------------------------- frames
 
 

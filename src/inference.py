@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from src.cli import resolve_device, resolve_dtype
-from src.datasets.utils.video.transforms import eval_crop_box, make_eval_transform
 from src.models.weights import load_encoder, model_info
+from src.spatial import DEFAULT_MAX_TOKENS, SpatialPlan, check_spatial_options
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class ClipEncoder:
         checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the forward pass through `torch.compile` (off by default: see
             bench/PERFORMANCE.md for what it gains and what the first call costs).
+        spatial: "center" (the original centre crop) or "full" (the whole frame; see src/spatial.py).
+        short_side: `full`: the short side frames are resized to (default: the crop size).
+        max_tokens: the most tokens per clip accepted (`check_tokens`); None: no limit.
         layers: what is stored: "last" (the model's default output), "hierarchical" (the 4
             levels concatenated on channels, 4·D: 2.1's `return_hierarchical`; for 2.0 the same
             blocks through its one `norm`) or a list of block indices (`out_layers` semantics:
@@ -89,7 +92,9 @@ class ClipEncoder:
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
                  checkpoint_key: str | None = None, compile: bool = False, layers: str | list[int] = "last",
-                 num_heads: int | None = None):
+                 num_heads: int | None = None, spatial: str = "center", short_side: int | None = None,
+                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
+        check_spatial_options(spatial, short_side, max_tokens)  # before minutes of model loading
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
@@ -115,10 +120,13 @@ class ClipEncoder:
         # only the forward used by `encode` goes through the compiler.
         self._forward = torch.compile(self.model) if self.compiled else self.model
         self.crop = self.model.img_size
-        self.transform = make_eval_transform(self.crop)
-        logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, crop %d, %s on %s; storing %s (%d wide)",
+        self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size, short_side,
+                                   max_tokens, image_path_frames=self.model.img_temporal_dim_size)
+        self.transform = self.spatial.transform()
+        coverage = f"crop {self.crop}" if spatial == "center" else f"whole frame at short side {self.spatial.short_side}"
+        logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, %s, %s on %s; storing %s (%d wide)",
                     spec, self.model.generation, self.model.embed_dim, self.model.depth, self.model.num_heads,
-                    self.crop, str(self.dtype).removeprefix("torch."), self.device, self.output_kind
+                    coverage, str(self.dtype).removeprefix("torch."), self.device, self.output_kind
                     + ("" if self.layers == "last" else f" blocks {self.layer_indices}"), self.embed_dim)
 
     @property
@@ -130,17 +138,18 @@ class ClipEncoder:
         """Width of the stored features: D, or D × the number of levels stored."""
         return self.model.embed_dim * (1 if self.layers == "last" else len(self.layer_indices))
 
-    def grid(self, num_frames: int) -> tuple[int, int, int]:
-        """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames at the crop size."""
-        return self.model.patch_grid(num_frames, self.crop, self.crop)
+    def grid(self, num_frames: int, image_hw: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames: at the crop size (`center`), or of
+        frames of `image_hw` = (height, width) source pixels (`full`, where it is required)."""
+        return self.model.patch_grid(num_frames, *self.spatial.input_hw(*(image_hw or (None, None))))
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, crop, crop]` (CPU)."""
+        """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, H', W']` (CPU; crop×crop for `center`)."""
         return self.transform(frames)
 
     def crop_box(self, height: int, width: int) -> dict:
-        """The source-pixel region the features cover (centre crop after the short-side resize)."""
-        return eval_crop_box(height, width, self.crop)
+        """The source-pixel region the features cover: the centre crop, or the whole frame (`full`)."""
+        return self.spatial.covered_box(height, width)
 
     @torch.inference_mode()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
@@ -164,14 +173,16 @@ class ClipEncoder:
                            str(self.dtype).removeprefix("torch."))
         return feats.cpu()
 
-    def describe(self, num_frames: int) -> dict:
-        """`model_info` for feature files: the seed's keys plus the loaded model's architecture."""
-        tp, hp, wp = self.grid(num_frames)
+    def describe(self, num_frames: int, image_hw: tuple[int, int] | None = None) -> dict:
+        """`model_info` for feature files: the seed's keys plus the loaded model's architecture.
+        With `full` the spatial patches depend on the frame: those of `image_hw`, else None."""
+        known = image_hw is not None or self.spatial.mode == "center"
+        tp, hp, wp = self.grid(num_frames, image_hw or (self.crop, self.crop))  # Tp does not depend on the frame
         return {
             **model_info(self.model),
             "num_input_frames": num_frames,
             "num_output_temporal": tp,
-            "spatial_patches": [hp, wp],
+            "spatial_patches": [hp, wp] if known else None,
             "patch_dim": self.embed_dim,
             "output": self.output_kind,
             "layers": self.layer_indices,

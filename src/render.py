@@ -2,9 +2,9 @@
 
 Token ``n`` of a window maps to ``(t, h, w)`` in t-major, then h, then w order
 (``n = (t * Hp + h) * Wp + w``); each temporal token covers ``tubelet_size``
-(2) source frames. Features only cover the eval centre crop of each frame
-(``eval_crop_box``), so overlays colour exactly that box and leave the rest of
-the frame untouched.
+(2) source frames. Features cover the box recorded in their metadata (the
+eval centre crop, or the whole frame with ``--spatial full``; any Hp × Wp grid),
+so overlays colour exactly that box and leave the rest of the frame untouched.
 """
 
 from __future__ import annotations

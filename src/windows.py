@@ -152,6 +152,17 @@ class VideoWindowDataset(_WindowDataset):
         return state
 
 
+def batches_by_key(keys: list, batch_size: int) -> list[list[int]]:
+    """Batches of at most `batch_size` positions into `keys` whose items share one key (e.g. a frame
+    size, i.e. a token grid under `--spatial full`): clips of different grids cannot be stacked into
+    one forward pass. Keys in order of first appearance, positions in order within a key; a None key
+    (not known) is a batch of its own."""
+    groups: dict = {}
+    for position, key in enumerate(keys):
+        groups.setdefault(("unknown", position) if key is None else key, []).append(position)
+    return [members[i:i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+
+
 def collate_windows(items: list[dict]) -> dict:
     """Stack the decoded clips of a batch; pass failures through as (window, message)."""
     ok = [it for it in items if "clip" in it]

@@ -61,3 +61,19 @@ def test_cli_mfu_only_writes_json_and_table(tmp_path):
     assert r["mfu"][0]["peak_tflops"] == 4.0 and "mfu_pct" in r["mfu"][0]["runs"][0]
     md = (tmp_path / "results.md").read_text()
     assert "## Model FLOPs utilisation: tiny/32" in md and "device peak 4 TFLOP/s" in md
+
+
+def test_spatial_section_counts_tokens_of_both_modes(bench_run, tmp_path):
+    res = bench_run.bench_spatial("random:tiny", "cpu", windows=1, reps=1, tmp=tmp_path, img_size=32)
+    center, full = res["modes"]["center"], res["modes"]["full"]
+    assert res["frame_size"] == [360, 640]  # the shipped 16:9 frames
+    # 32 px crop: 2×2 patches; whole frame at short side 32: 640·32/360 = 56.9 → 64 px, 2×4 patches
+    assert center["grid"] == [8, 2, 2] and full["grid"] == [8, 2, 4] and full["input_size"] == [32, 64]
+    assert full["covered_fraction"] == 1.0 and center["covered_fraction"] < 0.5
+    for m in (center, full):
+        assert m["tokens_per_window"] == 8 * m["grid"][1] * m["grid"][2]
+        assert m["tokens_per_s"] == pytest.approx(m["windows_per_s"] * m["tokens_per_window"])
+    assert res["full_vs_center"]["tokens"] == 2.0
+    md = bench_run.markdown({"quick": True, "machine": bench_run.machine_info(torch.device("cpu")), "load_before": None,
+                             "load_after": None, "settings": {"reps": 1, "depth": 2}, "spatial": res, "targets": []})
+    assert "## Whole frame vs centre crop" in md and "| full | 32×64 | 8×2×4 | 64 | 100 % |" in md

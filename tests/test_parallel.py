@@ -278,6 +278,18 @@ def test_sequential_dispatch(tmp_path, fake_tools):
     assert f"vjepa2_sequential_extractor.py --video {video} " in (tmp_path / "o2" / "logs" / "shard_0.log").read_text()
 
 
+def test_spatial_options_reach_every_shard(tmp_path, fake_tools):
+    src = tmp_path / "in"
+    src.mkdir()
+    out = tmp_path / "out"
+    env = clean_env(PYTHON=str(fake_tools / "fakepython"))  # no nvidia-smi: CPU
+    proc = run_script(src, out, 2, "--spatial", "full", "--short_side", "384", "--max_tokens", "20000", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for i in range(2):
+        log = (out / "logs" / f"shard_{i}.log").read_text()
+        assert f"--shard {i}/2 --device cpu --spatial full --short_side 384 --max_tokens 20000" in log
+
+
 # --------------------------------------------------------------------------- cluster arrays
 
 # What `env` shows inside task 5 of `sbatch --array=0-7` (one task, one GPU), trimmed.

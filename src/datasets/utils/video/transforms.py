@@ -3,6 +3,9 @@
 The eval pipeline is: resize the short side to ``int(256 / 224 * crop)``
 (aspect ratio kept), centre-crop ``crop x crop``, convert to a float tensor
 ``[C, T, H, W]`` in ``[0, 1]`` and normalise with the ImageNet statistics.
+The full-frame variant (``--spatial full``) skips the crop: the short side
+becomes the working size and the long side the nearest multiple of the patch,
+so the whole frame is encoded on a non-square patch grid.
 
 Layout conventions:
 
@@ -13,6 +16,7 @@ Layout conventions:
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Sequence, Tuple, Union
 
 import cv2
@@ -35,6 +39,10 @@ __all__ = [
     "short_side_for_crop",
     "make_eval_transform",
     "eval_crop_box",
+    "patch_aligned_hw",
+    "PatchAlignedResize",
+    "make_full_frame_transform",
+    "full_frame_box",
 ]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -251,6 +259,24 @@ def _antialiased_bilinear(x: torch.Tensor, new_h: int, new_w: int) -> torch.Tens
     return out
 
 
+class PatchAlignedResize(Resize):
+    """Resize so the short side is ``short_side`` and the long side the nearest multiple of
+    ``multiple`` (see :func:`patch_aligned_hw`); bilinear as the eval ``Resize``, no crop."""
+
+    def __init__(self, short_side: int, multiple: int, interpolation: str = "bilinear") -> None:
+        super().__init__(short_side, interpolation)
+        if multiple <= 0 or short_side % multiple:
+            raise ValueError(f"PatchAlignedResize: short side {short_side} is not a multiple of {multiple}")
+        self.multiple = int(multiple)
+
+    def output_hw(self, height: int, width: int) -> Tuple[int, int]:
+        return patch_aligned_hw(height, width, self.size, self.multiple)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(short_side={self.size!r}, multiple={self.multiple}, "
+                f"interpolation={self.interpolation!r})")
+
+
 class CenterCrop:
     """Centre-crop a clip to ``size`` (int or ``(h, w)``).
 
@@ -354,4 +380,47 @@ def eval_crop_box(height: int, width: int, crop_size: int) -> Dict[str, object]:
         "y1": float((top + crop_h) * sy),
         "resized_hw": [int(new_h), int(new_w)],
         "crop": int(crop_size),
+    }
+
+
+def patch_aligned_hw(height: int, width: int, short_side: int, multiple: int) -> Tuple[int, int]:
+    """Frame size for the full-frame transform: short side ``short_side``, long side the nearest
+    multiple of ``multiple`` to ``short_side * long / short`` (halves round up; at least one
+    multiple). A 2:1 frame at 32 gives 32x64; bikes (272x640) at 256 gives 256x608.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"patch_aligned_hw: invalid frame size {height}x{width}")
+    short, long = min(height, width), max(height, width)
+    aligned = max(multiple, int(math.floor(short_side * long / short / multiple + 0.5)) * multiple)
+    return (short_side, aligned) if height <= width else (aligned, short_side)
+
+
+def make_full_frame_transform(short_side: int, multiple: int = 16) -> Compose:
+    """Whole-frame transform: patch-aligned resize (no crop), to tensor, ImageNet norm.
+
+    Output: float32 torch ``[C, T, H, W]`` with ``H, W`` from :func:`patch_aligned_hw`.
+    """
+    return Compose(
+        [
+            PatchAlignedResize(short_side, multiple, interpolation="bilinear"),
+            ClipToTensor(div_255=True),
+            Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ]
+    )
+
+
+def full_frame_box(height: int, width: int, short_side: int, multiple: int = 16) -> Dict[str, object]:
+    """Region covered by the full-frame transform: the whole ``height x width`` frame.
+
+    Same keys as :func:`eval_crop_box` (``crop`` is None: nothing is cropped), in source-pixel
+    edge coordinates; ``resized_hw`` is the encoder's input size.
+    """
+    new_h, new_w = patch_aligned_hw(height, width, short_side, multiple)
+    return {
+        "x0": 0.0,
+        "y0": 0.0,
+        "x1": float(width),
+        "y1": float(height),
+        "resized_hw": [int(new_h), int(new_w)],
+        "crop": None,
     }
