@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if probe is not None:
         with torch.inference_mode():
             probs = probe(features).softmax(dim=-1)[0]  # over all classes, then the top 5
-        top = probs.topk(5)
-        print(f"Top 5 classes (softmax over all {len(classes)}):")
+        top = probs.topk(min(5, len(classes)))  # a probe of your own may have fewer than 5 classes
+        print(f"Top {len(top.values)} classes (softmax over all {len(classes)}):")
         for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
             print(f"  {rank}. {classes[i]}  ({100 * p:.2f}%)")
     return cli.EXIT_OK
