@@ -23,9 +23,10 @@ import torch
 
 from src import cli
 from src.features import load_chunk, load_features
+from src.inference import ClipEncoder
 from src.probe import (
     SPLITS, FeatureIndex, FeatureRef, ProbeConfig, ProbeTrainer, TrainSettings, ViewDataset, ViewReader,
-    classification_metrics, clip_views, collate_views, evaluate_clips, file_digest, load_probe, plot_confusion,
+    classification_metrics, clip_views, collate_views, encode_raw_input, encoder_identity, evaluate_clips, file_digest, load_probe, plot_confusion,
     read_labels, resolve_clips, save_probe, check_features_match, split_clips, survey_views, top_k_header,
     top_k_rows, write_csv, write_json,
 )
@@ -90,6 +91,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probe", required=True)
     predict.add_argument("--features", action="append", default=[],
                          help="feature folder (one row per video, frame folder or image) or feature file (repeatable)")
+    predict.add_argument("--inputs", action="append", default=[],
+                         help="raw video, frame folder or image, extracted on the fly with the probe's encoder (repeatable)")
+    predict.add_argument("--model", default=None,
+                         help="encoder for --inputs (default: the spec recorded in the probe; must be the same encoder)")
+    predict.add_argument("--checkpoint_key", default="encoder", help="entry of an original .pt to load (--inputs)")
     predict.add_argument("--output", required=True, help="CSV: path, views, label_1, prob_1, …")
     predict.add_argument("--batch_size", type=int, default=32, help="views per forward pass")
     predict.add_argument("--top_k", type=int, default=5)
@@ -225,9 +231,37 @@ def feature_file_views(path: Path) -> dict[str, list[FeatureRef]]:
     return {meta.get("video_path") or meta.get("frame_dir") or str(path): [FeatureRef(path)]}
 
 
+def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor]:
+    """(names, views, probabilities) for raw inputs, encoded in memory by the probe's encoder."""
+    for entry in args.inputs:
+        if not Path(entry).exists():
+            raise FileNotFoundError(f"{entry}: input not found")
+    device = cli.resolve_device(args.device)
+    window = probe.extraction.get("num_input_frames") or 16
+    try:
+        encoder = ClipEncoder(args.model or probe.encoder.get("model_name", ""), device=str(device), dtype=args.dtype,
+                              img_size=probe.extraction.get("img_size"), checkpoint_key=args.checkpoint_key)
+    except ValueError as exc:
+        raise cli.UsageError(f"{exc} (the encoder for --inputs; pass --model)") from None
+    check_features_match(probe, encoder_identity(encoder.describe(window)), {}, f"--model {encoder.spec}")
+    model = probe.model.to(device)
+    names, views, probs = [], [], []
+    for entry in args.inputs:
+        try:
+            feats = encode_raw_input(Path(entry), encoder, window, probe.extraction.get("frame_step", 1), args.batch_size)
+        except (ValueError, OSError) as exc:
+            raise cli.UsageError(str(exc) if str(exc).startswith(entry) else f"{entry}: {exc}") from None
+        with torch.inference_mode():
+            probs.append(model(feats.to(device)).float().softmax(-1).mean(0).cpu())  # views averaged
+        names.append(entry)
+        views.append(len(feats))
+        logger.info("%s: %d view(s) encoded", entry, len(feats))
+    return names, views, torch.stack(probs)
+
+
 def predict_command(args) -> int:
-    if not args.features:
-        raise cli.UsageError("nothing to classify: give --features (folders or feature files)")
+    if not args.features and not args.inputs:
+        raise cli.UsageError("nothing to classify: give --features (folders or feature files) or --inputs (raw)")
     probe = load_probe(args.probe)
     sources: dict[str, list[FeatureRef]] = {}
     folders = [f for f in args.features if Path(f).is_dir()]
@@ -241,14 +275,19 @@ def predict_command(args) -> int:
     if folders:
         for name, views in FeatureIndex(folders).sources.items():
             sources.setdefault(name, []).extend(views)
-    names = sorted(sources)
-    views = [sorted(set(sources[n]), key=lambda r: (str(r.file), r.key or "")) for n in names]
-    probs = _classify(probe, views, [0] * len(names), args, ", ".join(args.features))
     output = Path(args.output)
-    cli.check_output_dir(output.parent if str(output.parent) else ".")
+    cli.check_output_dir(output.parent)
+    names = sorted(sources)
+    refs = [sorted(set(sources[n]), key=lambda r: (str(r.file), r.key or "")) for n in names]
+    views = [len(r) for r in refs]
+    probs = _classify(probe, refs, [0] * len(names), args, ", ".join(args.features)) if names else None
+    if args.inputs:
+        raw_names, raw_views, raw_probs = classify_raw_inputs(probe, args)
+        names, views = names + raw_names, views + raw_views
+        probs = raw_probs if probs is None else torch.cat([probs, raw_probs])
     write_csv(output, top_k_header(args.top_k, len(probe.classes)),
-              top_k_rows(names, [len(v) for v in views], probs, probe.classes, args.top_k))
-    print(f"done: {len(names)} inputs ({sum(map(len, views))} views) classified → {output}")
+              top_k_rows(names, views, probs, probe.classes, args.top_k))
+    print(f"done: {len(names)} inputs ({sum(views)} views) classified → {output}")
     return cli.EXIT_OK
 
 

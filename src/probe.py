@@ -81,7 +81,8 @@ def read_labels(path: str | os.PathLike) -> list[LabelRow]:
             raise UsageError(f"{path}:{line}: '{item}' is already labelled on line {seen[item]}")
         seen[item] = line
         if has_split and split not in SPLITS:
-            raise UsageError(f"{path}:{line}: split '{split}' is not one of {', '.join(SPLITS)}")
+            raise UsageError(f"{path}:{line}: " + (f"split '{split}' is not one of {', '.join(SPLITS)}" if split else
+                             f"no split, but other rows have one (give {' or '.join(SPLITS)} on every row)"))
         out.append(LabelRow(line, item, label, split or None))
     return out
 
@@ -224,11 +225,11 @@ class ViewReader:
         self._chunks: OrderedDict[Path, dict] = OrderedDict()
         self._cached = cached_chunks
 
-    def entry(self, ref: FeatureRef) -> tuple[torch.Tensor, dict]:
-        """(features, model_info) of a view."""
+    def entry(self, ref: FeatureRef) -> tuple[torch.Tensor, dict, dict]:
+        """(features, model_info, metadata) of a view."""
         if ref.key is None:
             record = load_features(ref.file)
-            return record["features"], record.get("model_info") or {}
+            return record["features"], record.get("model_info") or {}, record.get("metadata") or {}
         chunk = self._chunks.get(ref.file)
         if chunk is None:
             chunk = load_chunk(ref.file)
@@ -240,7 +241,8 @@ class ViewReader:
         if ref.key not in chunk:
             raise ValueError(f"{ref.file}: has no entry '{ref.key}' (the manifest names it)")
         entry = chunk[ref.key]
-        return entry["features"], (entry.get("metadata") or {}).get("model_info") or {}
+        meta = entry.get("metadata") or {}
+        return entry["features"], meta.get("model_info") or {}, meta
 
     def features(self, ref: FeatureRef) -> torch.Tensor:
         return self.entry(ref)[0].float()
@@ -266,7 +268,7 @@ def survey_views(refs: list[FeatureRef], reader: ViewReader, progress: bool | No
     for ref in tqdm(refs, desc="checking features", unit="view", disable=progress):
         name = f"{ref.file}" + (f" [{ref.key}]" if ref.key else "")
         try:
-            feats, info = reader.entry(ref)
+            feats, info, meta = reader.entry(ref)
         except (ValueError, OSError) as exc:  # a file deleted or damaged since extraction
             raise UsageError(str(exc) if str(exc).startswith(str(ref.file)) else f"{name}: {exc}") from None
         if feats.ndim != 2:
@@ -274,7 +276,11 @@ def survey_views(refs: list[FeatureRef], reader: ViewReader, progress: bool | No
         if identity is None:
             identity, shape, first = encoder_identity(info), tuple(feats.shape), name
             settings = {k: info.get(k) for k in EXTRACTION_KEYS if k in info}
+            if "frame_step" in meta:  # how video frames were sampled: predict on raw videos repeats it
+                settings["frame_step"] = meta["frame_step"]
             continue
+        if "frame_step" in meta and settings.get("frame_step", meta["frame_step"]) != meta["frame_step"]:
+            logger.warning("%s: frame_step %s, but %s has %s", name, meta["frame_step"], first, settings["frame_step"])
         if encoder_identity(info) != identity:
             raise UsageError(f"{name}: features from another encoder than {first}: "
                              f"{describe_difference(identity, encoder_identity(info)).replace('probe:', 'first:')}")
@@ -387,6 +393,7 @@ def check_features_match(probe: LoadedProbe, identity: dict, settings: dict, whe
     if identity != expected:
         raise UsageError(f"{where}: features from another encoder than the probe {probe.path.name} was trained on: "
                          f"{describe_difference(expected, identity)}")
+    settings = {k: v for k, v in settings.items() if k != "frame_step"}
     trained = {k: probe.extraction.get(k) for k in settings}
     if settings != trained:
         logger.warning("%s: extracted with %s; the probe was trained on %s", where, settings, trained)
@@ -612,6 +619,37 @@ class ProbeTrainer:
                         self.state.epoch, self.settings.patience)
             return True
         return False
+
+
+# ----------------------------------------------------------------------------- raw inputs
+def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_size: int) -> torch.Tensor:
+    """Views `[windows, N, D]` of a video, frame folder or image, extracted in memory as the
+    extractors would (windows of `window` frames, the tail padded; an image repeated to `window`)."""
+    from src.frames import IMAGE_EXTENSIONS, VideoReader, find_frames, load_image
+    from src.windows import FrameWindowDataset, VideoWindowDataset, plan_windows
+
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        frame = encoder.preprocess(load_image(path)[None])  # [C, 1, crop, crop]
+        return encoder.encode(frame.unsqueeze(0).expand(-1, -1, window, -1, -1)).float()
+    if path.is_dir():
+        frames = [p for _, p in find_frames(path)]
+        if not frames:
+            raise ValueError(f"{path}: no frame files (frame_NNNN.*) in this folder")
+        dataset = FrameWindowDataset(frames, plan_windows(len(frames), window), encoder.transform,
+                                     min_side=encoder.model.patch_size)
+    else:
+        with VideoReader(path) as reader:
+            indices = list(range(0, reader.num_frames, frame_step))
+        dataset = VideoWindowDataset(path, indices, plan_windows(len(indices), window), encoder.transform,
+                                     min_side=encoder.model.patch_size)
+    views = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[k] for k in range(start, min(start + batch_size, len(dataset)))]
+        failed = [it["error"] for it in items if "error" in it]
+        if failed:
+            raise ValueError(f"{path}: {failed[0]}")
+        views.append(encoder.encode(torch.stack([it["clip"] for it in items])).float())
+    return torch.cat(views)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -150,11 +150,14 @@ def test_learnable_task_reaches_high_accuracy_and_shuffled_labels_stay_at_chance
 
 def test_eval_outputs_and_predict_agree(task, trained):
     out, _ = trained
-    proc, predict = run_together(
+    raw = [p for p, _ in task["held_out"][::5]]  # one clip per direction, encoded on the fly
+    proc, predict, predict_raw = run_together(
         ["vjepa2_probe.py", "eval", "--probe", out / "probe.pt", "--labels", out / "splits.csv", "--split", "val",
          "--features", task["feats"], "--output_dir", out / "val_eval", "--device", "cpu"],
         ["vjepa2_probe.py", "predict", "--probe", out / "probe.pt", "--features", task["feats"],
-         "--output", out / "predictions.csv", "--device", "cpu"])
+         "--output", out / "predictions.csv", "--device", "cpu"],
+        ["vjepa2_probe.py", "predict", "--probe", out / "probe.pt", *[x for p in raw for x in ("--inputs", p)],
+         "--output", out / "raw.csv", "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "val_eval" / "metrics.json").read_text())
     confusion = torch.tensor(metrics["confusion"])
@@ -178,6 +181,15 @@ def test_eval_outputs_and_predict_agree(task, trained):
         assert predicted[row["path"]] == row
     probs = [float(evaluated[0][f"prob_{k}"]) for k in range(1, 5)]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
+    # raw clips through the encoder recorded in the probe (every 2nd frame, as extracted): the stored features' result
+    assert predict_raw.returncode == 0, predict_raw.stderr[-3000:]
+    from_raw = list(csv.DictReader((out / "raw.csv").open()))
+    assert [r["path"] for r in from_raw] == raw and all(r["views"] == "1" for r in from_raw)
+    for row in from_raw:
+        stored = predicted[row["path"]]
+        assert [row[f"label_{k}"] for k in range(1, 5)] == [stored[f"label_{k}"] for k in range(1, 5)]
+        assert [float(row[f"prob_{k}"]) for k in range(1, 5)] == pytest.approx(
+            [float(stored[f"prob_{k}"]) for k in range(1, 5)], abs=1e-4)
 
 
 def test_saved_probe_runs_in_the_demo(task, trained):
@@ -282,3 +294,54 @@ def test_kill_9_then_resume_gives_the_same_weights(task, tmp_path, capsys):
     assert "done already" in capsys.readouterr().out
     code, err = run_probe(capsys, *args[:-2], "--seed", "4", "--output_dir", out)
     assert code == 2 and "trained with other labels, features or settings" in err
+
+
+# ----------------------------------------------------------------------------- src/probe.py pieces
+def test_grouped_split_keeps_windows_of_a_video_together():
+    from src.probe import Clip, FeatureRef, split_clips
+
+    clips = [Clip(f"v{v}.mp4#window{w}", v % 3, f"v{v}.mp4", [FeatureRef(Path(f"v{v}/w{w}.pt"))])
+             for v in range(30) for w in range(3)]
+    train, val = split_clips(clips, 0.2, seed=5)
+    assert {c.group for c in train}.isdisjoint({c.group for c in val})
+    assert len(val) == 3 * 6 and Counter(c.label for c in val) == {0: 6, 1: 6, 2: 6}  # 2 of 10 videos per class
+    again = split_clips([Clip(c.path, c.label, c.group, c.views) for c in clips], 0.2, seed=5)[1]
+    assert [c.path for c in again] == [c.path for c in val]  # the seed decides
+    other = split_clips([Clip(c.path, c.label, c.group, c.views) for c in clips], 0.2, seed=6)[1]
+    assert [c.path for c in other] != [c.path for c in val]
+
+
+def test_labels_without_header_and_bad_rows(tmp_path):
+    from src.cli import UsageError
+    from src.probe import read_labels
+
+    path = tmp_path / "l.csv"
+    path.write_text("a.mp4,cat,train\nb.mp4#window2,dog,val\n\n")
+    rows = read_labels(path)
+    assert [(r.line, r.path, r.label, r.split) for r in rows] == [(1, "a.mp4", "cat", "train"), (2, "b.mp4#window2", "dog", "val")]
+    path.write_text("a.mp4,cat\nb.mp4,dog,val\n")
+    with pytest.raises(UsageError, match=r"l.csv:1: no split, but other rows have one"):
+        read_labels(path)
+    path.write_text("path,label\na.mp4,cat\na.mp4,dog\n")
+    with pytest.raises(UsageError, match=r"l.csv:3: 'a.mp4' is already labelled on line 2"):
+        read_labels(path)
+    path.write_text("path,label\na.mp4,\n")
+    with pytest.raises(UsageError, match=r"l.csv:2: needs a path and a label"):
+        read_labels(path)
+
+
+def test_schedule_class_weights_and_metrics():
+    from src.probe import class_weight_tensor, classification_metrics, lr_at
+
+    lrs = [lr_at(s, 100, 10, 1e-3, 0.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up over 10 steps
+    assert lrs[10] == pytest.approx(1e-3) and lrs[55] == pytest.approx(5e-4, rel=0.02) and lrs[-1] < 1e-6
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    weights = class_weight_tensor([0, 0, 0, 1], 3, "balanced")
+    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])  # n / (C · n_c); an absent class weighs 0
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    m = classification_metrics(probs, torch.tensor([0, 1, 1, 1]), 3)
+    assert m["top1"] == 0.5 and m["confusion"] == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert m["mean_per_class"] == pytest.approx((1 + 1 / 3) / 2) and m["support"] == [1, 3, 0]
+    m2 = classification_metrics(probs, torch.tensor([2, 2, 2, 0]), 3)
+    assert m2["top5"] == 1.0  # fewer classes than 5: top-5 covers every class
