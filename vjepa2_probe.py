@@ -23,7 +23,7 @@ import torch
 
 from src import cli
 from src.features import load_chunk, load_features
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, stored_layers
 from src.probe import (
     SPLITS, FeatureIndex, FeatureRef, ProbeConfig, ProbeTrainer, TrainSettings, ViewDataset, ViewReader,
     classification_metrics, clip_views, collate_views, encode_raw_input, encoder_identity, evaluate_clips, file_digest, load_probe, plot_confusion,
@@ -95,7 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="raw video, frame folder or image, extracted on the fly with the probe's encoder (repeatable)")
     predict.add_argument("--model", default=None,
                          help="encoder for --inputs (default: the spec recorded in the probe; must be the same encoder)")
-    predict.add_argument("--checkpoint_key", default="encoder", help="entry of an original .pt to load (--inputs)")
+    predict.add_argument("--checkpoint_key", default=None,
+                         help="entry of an original .pt to load for --inputs (default: the one Meta's code reads)")
     predict.add_argument("--output", required=True, help="CSV: path, views, label_1, prob_1, …")
     predict.add_argument("--batch_size", type=int, default=32, help="views per forward pass")
     predict.add_argument("--top_k", type=int, default=5)
@@ -240,7 +241,8 @@ def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor
     window = probe.extraction.get("num_input_frames") or 16
     try:
         encoder = ClipEncoder(args.model or probe.encoder.get("model_name", ""), device=str(device), dtype=args.dtype,
-                              img_size=probe.extraction.get("img_size"), checkpoint_key=args.checkpoint_key)
+                              img_size=probe.extraction.get("img_size"), checkpoint_key=args.checkpoint_key,
+                              layers=stored_layers(probe.encoder))  # the levels the probe was trained on
     except ValueError as exc:
         raise cli.UsageError(f"{exc} (the encoder for --inputs; pass --model)") from None
     check_features_match(probe, encoder_identity(encoder.describe(window)), {}, f"--model {encoder.spec}")
