@@ -345,3 +345,38 @@ def test_schedule_class_weights_and_metrics():
     assert m["mean_per_class"] == pytest.approx((1 + 1 / 3) / 2) and m["support"] == [1, 3, 0]
     m2 = classification_metrics(probs, torch.tensor([2, 2, 2, 0]), 3)
     assert m2["top5"] == 1.0  # fewer classes than 5: top-5 covers every class
+
+
+def test_image_chunks_and_windows_are_found_through_their_manifests(tmp_path, monkeypatch):
+    """Chunk entries are views under the image's relative path; windows under `source#windowN`,
+    their source, and the absolute path of a relative source."""
+    from src.features import Manifest, save_chunk, save_features
+    from src.probe import FeatureIndex, ViewReader, survey_views
+
+    info = {"model_name": "random:tiny", "embed_dim": 8, "depth": 2, "img_size": 32}
+    chunk = {f"cats/{i}.png": {"features": torch.full((4, 8), float(i), dtype=torch.float16),
+                               "metadata": {"model_info": info}} for i in range(3)}
+    save_chunk(chunk, tmp_path / "images" / "features_shard000of001_chunk00000.pt")
+    with Manifest(tmp_path / "images" / "manifest.jsonl") as manifest:
+        for key in chunk:
+            manifest.record(key, "features_shard000of001_chunk00000.pt", "ok")
+        manifest.record("cats/bad.png", None, "failed", error="corrupt")
+    monkeypatch.chdir(tmp_path)
+    for w in range(2):
+        save_features({"features": torch.full((4, 8), 10.0 + w, dtype=torch.float16), "shape": [4, 8],
+                       "dtype": "float16", "model_info": info}, tmp_path / "video" / f"window_{w:05d}.pt")
+        with Manifest(tmp_path / "video" / "manifest.jsonl") as manifest:  # recorded with a relative output path
+            manifest.record(f"clips/a.mp4#window{w}", f"somewhere/else/window_{w:05d}.pt", "ok")
+
+    index = FeatureIndex([tmp_path / "images", tmp_path / "video"])
+    reader = ViewReader()
+    views, group = index.lookup("cats/2.png")
+    assert group == "cats/2.png" and [reader.features(v)[0, 0].item() for v in views] == [2.0]
+    assert index.lookup("cats/bad.png") is None
+    views, group = index.lookup(str(tmp_path / "clips" / "a.mp4"))  # the absolute path of the recorded one
+    assert group == "clips/a.mp4" and [reader.features(v)[0, 0].item() for v in views] == [10.0, 11.0]
+    views, _ = index.lookup("clips/a.mp4#window1")
+    assert [reader.features(v)[0, 0].item() for v in views] == [11.0]
+    identity, settings, shape = survey_views([r for refs in index.sources.values() for r in refs], reader)
+    assert shape == (4, 8) and identity["model_name"] == "random:tiny" and settings == {"img_size": 32}
+    assert sorted(index.sources) == ["cats/0.png", "cats/1.png", "cats/2.png", "clips/a.mp4"]
