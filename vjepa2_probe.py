@@ -54,11 +54,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--output_dir", required=True, help="probe.pt, classes.json, splits.csv, history.json")
     data.add_argument("--val_fraction", type=float, default=0.2,
                       help="validation share of each class's videos when the CSV has no split column")
-    data.add_argument("--seed", type=int, default=DEFAULTS.seed, help="validation split, initial weights, batch order")
+    data.add_argument("--seed", type=int, default=DEFAULTS.seed, help="validation split, initial weights, batch order (default: %(default)s)")
     model = train.add_argument_group("probe and optimisation")
     model.add_argument("--depth", type=int, default=4, help="probe blocks (the last one cross-attends)")
     model.add_argument("--num_heads", type=int, default=16, help="probe attention heads")
-    model.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    model.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training views")
     model.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size, help="views per step")
     model.add_argument("--lr", type=float, nargs="+", default=list(DEFAULTS.lrs),
                        help="peak learning rates: each with each --weight_decay is a candidate, trained together")
@@ -99,7 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="entry of an original .pt to load for --inputs (default: the one Meta's code reads)")
     predict.add_argument("--output", required=True, help="CSV: path, views, label_1, prob_1, …")
     predict.add_argument("--batch_size", type=int, default=32, help="views per forward pass")
-    predict.add_argument("--top_k", type=int, default=5)
+    predict.add_argument("--top_k", type=int, default=5, help="labels per input")
     return parser
 
 
@@ -111,10 +111,6 @@ def train_command(args) -> int:
                              weight_decays=tuple(args.weight_decay), warmup_epochs=args.warmup_epochs,
                              patience=args.patience, class_weights=args.class_weights, seed=args.seed,
                              num_workers=default_num_workers(device) if args.num_workers is None else args.num_workers)
-    for name, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--depth", args.depth),
-                        ("--num_heads", args.num_heads)):
-        if value <= 0:
-            raise cli.UsageError(f"{name} must be positive, got {value}")
     rows = read_labels(args.labels)
     classes = sorted({r.label for r in rows})
     if len(classes) < 2:
@@ -296,6 +292,9 @@ def predict_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
+    for name in ("batch_size", "top_k", "epochs", "depth", "num_heads"):
+        if getattr(args, name, 1) <= 0:
+            raise cli.UsageError(f"--{name} must be positive, got {getattr(args, name)}")
     return {"train": train_command, "eval": eval_command, "predict": predict_command}[args.command](args)
 
 
