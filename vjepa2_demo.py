@@ -25,7 +25,8 @@ import torch
 from src import cli
 from src.datasets.utils.video.transforms import make_eval_transform
 from src.frames import VideoReader
-from src.models.weights import ModelSpecError, load_classifier, load_encoder
+from src.models.weights import ModelSpecError, load_classifier, load_encoder, model_info
+from src.probe import check_encoder_record
 
 logger = logging.getLogger("vjepa2_demo")
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = load_classifier(args.probe, device=device)
         if probe.embed_dim != ours.embed_dim:
             raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
+        check_encoder_record(args.probe, model_info(ours))  # a probe of vjepa2_probe.py names its encoder
         if probe.num_classes != len(classes):
             raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
 

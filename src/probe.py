@@ -387,6 +387,18 @@ def load_probe(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
                        meta.get("training") or {}, path)
 
 
+def check_encoder_record(probe_path: str | os.PathLike, info: dict) -> None:
+    """For the demo: refuse an encoder other than the one a probe trained by vjepa2_probe.py
+    records (the fields both describe; not the crop, nor the name: the demo may load the same
+    weights from another place); released probes record none and pass."""
+    meta = torch.load(probe_path, map_location="cpu", weights_only=True)
+    recorded = encoder_identity(meta.get("encoder") or {}) if isinstance(meta, dict) else {}
+    shared = {k: info[k] for k in recorded if k in info and k != "model_name"}
+    if shared != {k: recorded[k] for k in shared}:
+        raise UsageError(f"{probe_path}: trained on features of another encoder: "
+                         f"{describe_difference({k: recorded[k] for k in shared}, shared)}")
+
+
 def check_features_match(probe: LoadedProbe, identity: dict, settings: dict, where: str) -> None:
     """Refuse features from another encoder than the probe's; warn on other extraction settings."""
     expected = encoder_identity(probe.encoder)

@@ -201,9 +201,13 @@ def test_saved_probe_runs_in_the_demo(task, trained):
     predicted = {r["path"]: r["label_1"] for r in csv.DictReader((out / "predictions.csv").open())} \
         if (out / "predictions.csv").exists() else {}
     clips = task["held_out"][::5][:2]  # a held-out clip of each of two directions
-    demos = run_together(*(["vjepa2_demo.py", "--hf_model", "none", "--pt_model", "random:tiny", "--img_size", 32,
-                            "--num_frames", 8, "--video", path, "--probe", out / "probe.pt",
-                            "--classes", out / "classes.json", "--device", "cpu"] for path, _ in clips))
+    *demos, other = run_together(*(["vjepa2_demo.py", "--hf_model", "none", "--pt_model", model, "--img_size", 32,
+                                    "--num_frames", 8, "--video", path, "--probe", out / "probe.pt",
+                                    "--classes", out / "classes.json", "--device", "cpu"]
+                                   for path, model in [(p, "random:tiny") for p, _ in clips]
+                                   + [(clips[0][0], "random:tiny,depth=1")]))
+    # same width, another encoder: the probe's record refuses it
+    assert other.returncode == 2 and "trained on features of another encoder: depth 1 (probe: 2)" in other.stderr
     for (path, label), proc in zip(clips, demos):
         assert proc.returncode == 0, proc.stderr[-3000:]
         first = re.search(r"^\s+1\. (\S+)  \(", proc.stdout, flags=re.M).group(1)
