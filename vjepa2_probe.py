@@ -238,7 +238,8 @@ def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor
     try:
         encoder = ClipEncoder(args.model or probe.encoder.get("model_name", ""), device=str(device), dtype=args.dtype,
                               img_size=probe.extraction.get("img_size"), checkpoint_key=args.checkpoint_key,
-                              layers=stored_layers(probe.encoder))  # the levels the probe was trained on
+                              layers=stored_layers(probe.encoder),  # the levels the probe was trained on
+                              num_heads=probe.encoder.get("num_heads"))  # a .pt's shapes cannot tell 16 from 22
     except ValueError as exc:
         raise cli.UsageError(f"{exc} (the encoder for --inputs; pass --model)") from None
     check_features_match(probe, encoder_identity(encoder.describe(window)), {}, f"--model {encoder.spec}")

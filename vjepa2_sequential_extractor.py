@@ -62,6 +62,7 @@ class SequentialVJEPA2Extractor:
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
+        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
     """
 
     def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
@@ -69,7 +70,7 @@ class SequentialVJEPA2Extractor:
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last"):
+                 layers: str | list[int] = "last", num_heads: int | None = None):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
         except ValueError as exc:
@@ -84,7 +85,8 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers)
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers,
+                                  num_heads=num_heads)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
-        layers=args.layers,
+        layers=args.layers, num_heads=args.num_heads,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}
