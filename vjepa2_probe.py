@@ -24,6 +24,7 @@ import torch
 from src import cli
 from src.features import load_chunk, load_features
 from src.inference import ClipEncoder, stored_layers
+from src.models.weights import resolve_spec_kind
 from src.probe import (
     SPLITS, FeatureIndex, FeatureRef, ProbeConfig, ProbeTrainer, TrainSettings, ViewDataset, ViewReader,
     classification_metrics, clip_views, collate_views, encode_raw_input, encoder_identity, evaluate_clips, file_digest, load_probe, plot_confusion,
@@ -235,11 +236,13 @@ def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor
             raise FileNotFoundError(f"{entry}: input not found")
     device = cli.resolve_device(args.device)
     window = probe.extraction.get("num_input_frames") or 16
+    spec = args.model or probe.encoder.get("model_name", "")
     try:
-        encoder = ClipEncoder(args.model or probe.encoder.get("model_name", ""), device=str(device), dtype=args.dtype,
-                              img_size=probe.extraction.get("img_size"), checkpoint_key=args.checkpoint_key,
-                              layers=stored_layers(probe.encoder),  # the levels the probe was trained on
-                              num_heads=probe.encoder.get("num_heads"))  # a .pt's shapes cannot tell 16 from 22
+        # a .pt's shapes cannot tell 16 heads from 22: the recorded count (other specs carry their own)
+        heads = probe.encoder.get("num_heads") if resolve_spec_kind(spec) == "checkpoint" else None
+        encoder = ClipEncoder(spec, device=str(device), dtype=args.dtype, img_size=probe.extraction.get("img_size"),
+                              checkpoint_key=args.checkpoint_key, num_heads=heads,
+                              layers=stored_layers(probe.encoder))  # the levels the probe was trained on
     except ValueError as exc:
         raise cli.UsageError(f"{exc} (the encoder for --inputs; pass --model)") from None
     check_features_match(probe, encoder_identity(encoder.describe(window)), {}, f"--model {encoder.spec}")
