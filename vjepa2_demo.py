@@ -25,7 +25,8 @@ import torch
 from src import cli
 from src.datasets.utils.video.transforms import make_eval_transform
 from src.frames import VideoReader
-from src.models.weights import ModelSpecError, load_classifier, load_encoder
+from src.models.weights import ModelSpecError, load_classifier, load_encoder, model_info
+from src.probe import check_encoder_record
 
 logger = logging.getLogger("vjepa2_demo")
 
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = load_classifier(args.probe, device=device, embed_dim=ours.embed_dim, num_classes=len(classes))
         if probe.embed_dim != ours.embed_dim:
             raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
+        check_encoder_record(args.probe, model_info(ours))  # a probe of vjepa2_probe.py names its encoder
         if probe.num_classes != len(classes):
             raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
 
@@ -185,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if probe is not None:
         with torch.inference_mode():
             probs = probe(features).softmax(dim=-1)[0]  # over all classes, then the top 5
-        top = probs.topk(5)
-        print(f"Top 5 classes (softmax over all {len(classes)}):")
+        top = probs.topk(min(5, len(classes)))  # a probe of your own may have fewer than 5 classes
+        print(f"Top {len(top.values)} classes (softmax over all {len(classes)}):")
         for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
             print(f"  {rank}. {classes[i]}  ({100 * p:.2f}%)")
     return cli.EXIT_OK

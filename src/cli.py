@@ -59,13 +59,18 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--num_heads", type=int, default=None,
                        help="attention heads of an original .pt whose head count its shapes cannot tell (default: "
                             "the released encoder of that width, e.g. 22 for 1408 wide; 16 for a vit_giant)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
+    add_device_arguments(group)
+    return parser
+
+
+def add_device_arguments(group: argparse._ActionsContainer) -> None:
+    """--device, --dtype and --debug: also for scripts that choose no encoder (probe training)."""
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="compute dtype (auto: bf16 on GPUs with native bf16, else fp16; fp32 on CPU)")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
     group.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
-    return parser
 
 
 def spatial_parser() -> argparse.ArgumentParser:

@@ -182,6 +182,14 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def save_object(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomically `torch.save` any object of tensors and plain values (a probe, a training state)
+    with the same temp file, fsync and rename as feature files: a file under its name is complete."""
+    path = Path(path)
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+    return path
+
+
 def _load_pickle_free(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file does not exist")

@@ -612,7 +612,8 @@ def load_classifier(
     and `num_classes` are used only there).
 
     Width, depth, MLP ratio and class count come from tensor shapes; the head count is not in
-    the weights: released probes use 16 for every encoder size (also giant).
+    the weights: released probes use 16 for every encoder size (also giant), and probes trained
+    by vjepa2_probe.py record theirs (`probe_config`), which is used.
     """
     if str(path).startswith("random:"):
         model = build_random_classifier(str(path), embed_dim, num_classes, num_heads, norm_eps)
@@ -629,6 +630,9 @@ def load_classifier(
     else:
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else [type(ckpt).__name__]
         raise CheckpointError(f"{path}: no 'classifiers' entry (has {_key_list(keys)}); not a probe file")
+    recorded = ckpt.get("probe_config") if isinstance(ckpt, dict) else None
+    if isinstance(recorded, dict):
+        num_heads, norm_eps = recorded.get("num_heads", num_heads), recorded.get("norm_eps", norm_eps)
     state_dict = strip_prefixes(state_dict, prefixes=("module.",))
     for key in ("pooler.query_tokens", "linear.weight"):
         if key not in state_dict:
