@@ -261,7 +261,8 @@ class SequentialVJEPA2Extractor:
         table = self.table(output_dir)
         store_tokens = self.store != "pooled"
         if table is not None:
-            table.expect({"model": self.model_name, "pooling": self.pooling.name, "img_size": self.encoder.crop})
+            table.expect({"model": self.model_name, "pooling": self.pooling.name, "img_size": self.encoder.crop,
+                          "clip_frames": self.window})
         items = {i: embeddings_table.item_id({**metadata_fn(windows[i], None), "window_idx": i}) for i in mine}
         for i in mine:
             other = outputs[i].with_suffix(f".{other_fmt}")

@@ -37,7 +37,7 @@ TABLE_VERSION = 1
 DEFAULT_PART_ROWS = 256
 DEFAULT_FLUSH_SECONDS = 300.0
 # keys that make two tables different: rows written under another value are not comparable
-CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "spatial", "generation", "layers")
+CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "layers")
 
 
 class TableConfigError(UsageError):
@@ -99,7 +99,10 @@ def pooling_from_args(args) -> "Pooling":
 @contextlib.contextmanager
 def closing(owner) -> Iterator[None]:
     """Call `owner.close()` (write the buffered rows) when the block ends, also on an error; an error
-    of that last write does not hide the block's own."""
+    of that last write does not hide the block's own. `owner` may be None (nothing to close)."""
+    if owner is None:
+        yield
+        return
     try:
         yield
     except BaseException:
@@ -187,7 +190,7 @@ def provenance(info: dict, metadata: dict, pooling: Pooling, source: str | None 
         "fps": metadata.get("fps"),
         "frame_step": metadata.get("frame_step"),
         "num_padded_frames": metadata.get("num_padded_frames"),
-        "image_frames": metadata.get("image_frames") or info.get("num_input_frames"),
+        "clip_frames": metadata.get("image_frames") or info.get("num_input_frames"),
         "image_size": _int_list(metadata.get("image_size")),
         "box": _box(_get(metadata, keys=("covered_box", "box", "crop_box"))),
         "grid": grid,
@@ -223,7 +226,12 @@ def build_rows(features: torch.Tensor, model_info: dict, metadata: dict, pooling
         if pooling.method == "temporal":  # one row per temporal token, with the frames it covers
             row.update(token_t=t, row_id=f"{base['item']}#t{t}")
             if isinstance(mapping, list) and t < len(mapping):
+                first = sum(len(m) for m in mapping[:t])  # position of the token's first frame in the window
                 row["frame_numbers"] = _int_list(mapping[t])
+                if base["frame_files"]:
+                    row["frame_files"] = base["frame_files"][first:first + len(mapping[t])]
+                if base["timestamps"]:
+                    row["timestamps"] = base["timestamps"][first:first + len(mapping[t])]
         rows.append(row)
     return rows
 
@@ -237,7 +245,7 @@ def table_schema(dim: int, config: dict | None = None):
         ("source", pa.string()), ("source_type", pa.string()), ("window_idx", pa.int32()),
         ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("frame_numbers", pa.list_(pa.int64())),
         ("frame_files", pa.list_(pa.string())), ("timestamps", pa.list_(pa.float64())), ("fps", pa.float64()),
-        ("frame_step", pa.int32()), ("num_padded_frames", pa.int32()), ("image_frames", pa.int32()),
+        ("frame_step", pa.int32()), ("num_padded_frames", pa.int32()), ("clip_frames", pa.int32()),
         ("image_size", pa.list_(pa.int32())), ("box", pa.list_(pa.float64())), ("grid", pa.list_(pa.int32())),
         ("spatial", pa.string()), ("model", pa.string()), ("generation", pa.string()),
         ("layers", pa.list_(pa.int32())), ("embed_dim", pa.int32()), ("img_size", pa.int32()),
@@ -253,7 +261,7 @@ def table_schema(dim: int, config: dict | None = None):
 def row_config(row: dict) -> dict:
     """The table configuration a row belongs to (see CONFIG_KEYS)."""
     return {"model": row["model"], "pooling": row["pooling"], "dim": int(len(row["vector"])),
-            "img_size": row["img_size"], "spatial": row["spatial"], "generation": row["generation"],
+            "img_size": row["img_size"], "clip_frames": row["clip_frames"], "spatial": row["spatial"], "generation": row["generation"],
             "layers": row["layers"]}
 
 
