@@ -279,6 +279,8 @@ class SequentialVJEPA2Extractor:
                 row_done = not self.overwrite and table.has(items[i])
                 if row_done:
                     self._check_same_frames(table, items[i], windows[i], metadata_fn)
+            if not store_tokens:
+                tokens_done = row_done  # no token file to pool from: a missing row is encoded
             if tokens_done and row_done:
                 finished.append(i)
             elif tokens_done:
