@@ -439,7 +439,7 @@ class TableWriter:
             return None
         import pyarrow.parquet as pq
 
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")  # names sort in write order
         name = f"part-shard{self.shard[0]:03d}of{self.shard[1]:03d}-{stamp}-{secrets.token_hex(4)}.parquet"
         path = self.dir / name
         table = _rows_to_arrow(self._rows, self.config)
