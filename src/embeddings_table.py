@@ -356,7 +356,7 @@ class TableWriter:
         shard: (index, count) of this process, in the part names.
         part_rows: rows per part file (the most rows held in memory).
         flush_seconds: also write a part once its oldest buffered row is this old.
-        overwrite: ignore (and, once this run writes its first part, remove) the parts there.
+        overwrite: ignore (and, once this run writes its first part, remove) this shard's parts there.
     """
 
     def __init__(self, table_dir: str | os.PathLike, shard: tuple[int, int] = (0, 1),
@@ -369,7 +369,9 @@ class TableWriter:
         self.shard, self.part_rows, self.flush_seconds = shard, part_rows, flush_seconds
         # temp parts of writers killed mid-write; an hour leaves live writers (seconds per part) alone
         remove_stale_temp_files(self.dir, older_than_s=3600)
-        self._stale = set(part_files(self.dir)) if overwrite else set()
+        # --overwrite replaces this shard's parts (other shards replace theirs; their new parts stay)
+        own = f"part-shard{shard[0]:03d}of{shard[1]:03d}-"
+        self._stale = {p for p in part_files(self.dir) if p.name.startswith(own)} if overwrite else set()
         self._seen: set[Path] = set(self._stale)
         self._items: dict[str, tuple] = {}
         self.config: dict | None = None  # fixed by the first row added

@@ -49,8 +49,9 @@ def pooling_of(config: dict) -> Pooling:
 
 def _fits(config: dict, found: dict, what: str) -> None:
     keys = ("model", "dim", "img_size", "clip_frames", "spatial", "generation", "layers")
+    # a key either side does not record cannot be compared (older files, newer fields): only values that differ count
     diff = [f"{k} {found.get(k)!r} (table: {config.get(k)!r})" for k in keys
-            if config.get(k) is not None and found.get(k) != config.get(k)]
+            if config.get(k) is not None and found.get(k) is not None and found.get(k) != config.get(k)]
     if diff:
         raise TableConfigError(f"{what}: not from the table's encoder ({', '.join(diff)}); "
                                "a query must be encoded with the table's own model")

@@ -283,3 +283,23 @@ def test_concurrent_shards_read_as_one_dataset(tmp_path):
     for i, row in rows.items():
         np.testing.assert_allclose(row["vector"], pooled(load_features(tmp_path / f"window_{i:05d}.pt")["features"]),
                                    atol=1e-3)
+
+
+def test_pipeline_store_both_packages_the_table(tmp_path, capsys):
+    import zipfile
+
+    import vjepa2_pipeline
+
+    out = tmp_path / "pipe"
+    proc = run_in_process(capsys, vjepa2_pipeline.main, "--frame_dir", FRAMES, "--output_dir", out, *TINY,
+                          "--window", 8, "--pca_visualization", "--store", "both")
+    assert proc.returncode == 0, proc.stderr
+    rows = by_window(read_rows(out / "embeddings"))
+    assert sorted(rows) == [0, 1, 2, 3]
+    np.testing.assert_allclose(rows[1]["vector"], pooled(load_features(out / "features" / "window_00001.pt")["features"]),
+                               atol=1e-3)
+    with zipfile.ZipFile(out / "pipe_package.zip") as package:
+        assert [n for n in package.namelist() if n.startswith("embeddings/")] == \
+            [f"embeddings/{p.name}" for p in part_files(out / "embeddings")]
+    with pytest.raises(SystemExit):  # pictures need the tokens: no table-only pipeline
+        vjepa2_pipeline.get_args_parser().parse_args(["--frame_dir", "x", "--output_dir", "y", "--store", "pooled"])
