@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="matches per query")
     s.add_argument("--output_dir", required=True, help="matches.csv and contact sheets go here")
     s.add_argument("--block_rows", type=int, default=search.DEFAULT_BLOCK_ROWS,
-                   help="vectors read per block (memory ~ block_rows × dim × 4 bytes)")
+                   help="vectors per block, at most one part file's rows (memory: about one block)")
     s.add_argument("--no_contact_sheet", action="store_true", help="CSV only (no frames are read)")
 
     d = sub.add_parser("duplicates", help="pairs of rows at least --threshold similar",

@@ -181,3 +181,24 @@ def test_near_duplicates_equal_brute_force_pairs_and_groups(tmp_path, capsys):
     lines = list(csv.DictReader(open(tmp_path / "dups.csv")))
     assert {(line["row_a"], line["row_b"]) for line in lines} == {
         (f"synthetic_{order[i]:03d}", f"synthetic_{order[j]:03d}") for i, j in expected}
+
+
+def test_image_query_finds_the_same_image(tmp_path, capsys):
+    import vjepa2_extractor
+    from tests.conftest import make_image_dir
+
+    names = make_image_dir(tmp_path / "images", 6)
+    code = cli.run(vjepa2_extractor.main, ["--image_dir", str(tmp_path / "images"), "--output_dir", str(tmp_path / "out"),
+                                           "--model", "random:tiny", "--img_size", "32", "--device", "cpu",
+                                           "--image_frames", "2", "--store", "pooled"])
+    assert code == 0
+    proc = run_in_process(capsys, "search", "--table_dir", tmp_path / "out" / "embeddings", "--image",
+                          tmp_path / "images" / names[4], "-k", 2, "--output_dir", tmp_path / "hits", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    first = next(csv.DictReader(open(tmp_path / "hits" / "matches.csv")))
+    assert first["row_id"] == str((tmp_path / "images" / names[4]).resolve()) and first["source_type"] == "image"
+    assert float(first["similarity"]) == pytest.approx(1.0, abs=1e-5)
+    sheet = np.asarray(Image.open(tmp_path / "hits" / "contact_sheet_000.png").convert("RGB"))
+    top, left = search.cell_origin(1, 6)
+    image = np.asarray(Image.open(tmp_path / "images" / names[4]).convert("RGB"))
+    np.testing.assert_array_equal(sheet[top:top + search.TILE_H, left:left + search.TILE_W], search.thumbnail(image))
