@@ -26,7 +26,7 @@ from tqdm import tqdm
 from src import cli, embeddings_table, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
@@ -61,6 +61,7 @@ class SequentialVJEPA2Extractor:
         allow_gaps: proceed over missing frame numbers (reported either way).
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
+        layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
         store: "tokens" (feature files), "pooled" (rows of the embeddings table) or "both".
         pooling: how the table's vectors are made (default: mean over tokens, L2-normalised).
         table_dir: the embeddings table folder (default: `embeddings/` in the first output folder).
@@ -71,7 +72,8 @@ class SequentialVJEPA2Extractor:
                  img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
-                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder", compile: bool = False,
+                 shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
+                 layers: str | list[int] = "last",
                  store: str = "tokens", pooling: embeddings_table.Pooling | None = None, table_dir=None,
                  part_rows: int = embeddings_table.DEFAULT_PART_ROWS):
         try:  # validate window/stride/tail before loading a model
@@ -88,7 +90,7 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile)
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -227,9 +229,11 @@ class SequentialVJEPA2Extractor:
         skipping it would mix features of two runs in one folder."""
         meta, info = record.get("metadata") or {}, record.get("model_info") or {}
         found = {"model": meta.get("model"), "img_size": info.get("img_size"),
-                 "frames": meta.get("frame_numbers")}
+                 "frames": meta.get("frame_numbers"),
+                 "layers": stored_layers(info)}
         expected = {"model": self.model_name, "img_size": self.encoder.crop,
-                    "frames": metadata_fn(window, None)["frame_numbers"]}
+                    "frames": metadata_fn(window, None)["frame_numbers"],
+                    "layers": stored_layers(self.encoder.describe(self.window))}
         if found != expected:
             def show(v):
                 return f"{v[0]}..{v[-1]}" if isinstance(v, list) and v else repr(v)
@@ -261,8 +265,10 @@ class SequentialVJEPA2Extractor:
         table = self.table(output_dir)
         store_tokens = self.store != "pooled"
         if table is not None:
+            info = self.encoder.describe(self.window)
             table.expect({"model": self.model_name, "pooling": self.pooling.name, "img_size": self.encoder.crop,
-                          "clip_frames": self.window})
+                          "clip_frames": self.window, "generation": info.get("generation"),
+                          "output": info.get("output"), "layers": info.get("layers")})
         items = {i: embeddings_table.item_id({**metadata_fn(windows[i], None), "window_idx": i}) for i in mine}
         for i in mine:
             other = outputs[i].with_suffix(f".{other_fmt}")
@@ -452,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
+        layers=args.layers,
         store=args.store, pooling=embeddings_table.pooling_from_args(args),
         table_dir=args.table_dir or Path(args.output_dir) / "embeddings", part_rows=args.part_rows,
     )

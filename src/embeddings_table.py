@@ -37,7 +37,7 @@ TABLE_VERSION = 1
 DEFAULT_PART_ROWS = 256
 DEFAULT_FLUSH_SECONDS = 300.0
 # keys that make two tables different: rows written under another value are not comparable
-CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "layers")
+CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "output", "layers")
 
 
 class TableConfigError(UsageError):
@@ -197,6 +197,7 @@ def provenance(info: dict, metadata: dict, pooling: Pooling, source: str | None 
         "spatial": _text(_get(metadata, info, keys=("spatial",))),
         "model": _text(_get(metadata, info, keys=("model", "model_name"))),
         "generation": _text(_get(info, metadata, keys=("generation",))),
+        "output": _text(_get(info, metadata, keys=("output",))),
         "layers": _int_list(_get(info, metadata, keys=("layers", "out_layers"))),
         "embed_dim": info.get("embed_dim"),
         "img_size": info.get("img_size"),
@@ -248,7 +249,7 @@ def table_schema(dim: int, config: dict | None = None):
         ("frame_step", pa.int32()), ("num_padded_frames", pa.int32()), ("clip_frames", pa.int32()),
         ("image_size", pa.list_(pa.int32())), ("box", pa.list_(pa.float64())), ("grid", pa.list_(pa.int32())),
         ("spatial", pa.string()), ("model", pa.string()), ("generation", pa.string()),
-        ("layers", pa.list_(pa.int32())), ("embed_dim", pa.int32()), ("img_size", pa.int32()),
+        ("output", pa.string()), ("layers", pa.list_(pa.int32())), ("embed_dim", pa.int32()), ("img_size", pa.int32()),
         ("random_weights", pa.bool_()), ("compute_dtype", pa.string()), ("feature_dtype", pa.string()),
         ("pooling", pa.string()), ("token_file", pa.string()), ("extraction_time", pa.timestamp("us", tz="UTC")),
         ("vector", pa.list_(pa.float32(), dim)),
@@ -261,7 +262,7 @@ def table_schema(dim: int, config: dict | None = None):
 def row_config(row: dict) -> dict:
     """The table configuration a row belongs to (see CONFIG_KEYS)."""
     return {"model": row["model"], "pooling": row["pooling"], "dim": int(len(row["vector"])),
-            "img_size": row["img_size"], "clip_frames": row["clip_frames"], "spatial": row["spatial"], "generation": row["generation"],
+            "img_size": row["img_size"], "clip_frames": row["clip_frames"], "spatial": row["spatial"], "generation": row["generation"], "output": row["output"],
             "layers": row["layers"]}
 
 
@@ -447,7 +448,9 @@ class TableWriter:
         table = _rows_to_arrow(self._rows, self.config)
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         try:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=len(self._rows))
+            # float vectors barely compress: stored plain, so a search reads them at disk speed
+            codecs = {name: "none" if name == "vector" else "zstd" for name in table.schema.names}
+            pq.write_table(table, tmp, compression=codecs, row_group_size=len(self._rows))
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

@@ -48,7 +48,7 @@ def pooling_of(config: dict) -> Pooling:
 
 
 def _fits(config: dict, found: dict, what: str) -> None:
-    keys = ("model", "dim", "img_size", "clip_frames", "spatial", "generation", "layers")
+    keys = ("model", "dim", "img_size", "clip_frames", "spatial", "generation", "output", "layers")
     # a key either side does not record cannot be compared (older files, newer fields): only values that differ count
     diff = [f"{k} {found.get(k)!r} (table: {config.get(k)!r})" for k in keys
             if config.get(k) is not None and found.get(k) is not None and found.get(k) != config.get(k)]
@@ -102,7 +102,9 @@ def queries_from_media(config: dict, *, image: str | None = None, video: str | N
     else:
         frames = load_image(image)[None]
         meta = {"source_type": "image", "source": str(Path(image).resolve()), "image_frames": frames_per_clip}
-    encoder = ClipEncoder(config["model"], device=device, dtype=dtype, img_size=config.get("img_size"))
+    output = config.get("output") or "last"  # what the table's tokens were: the last layer, levels or blocks
+    layers = output if output in ("last", "hierarchical") else config.get("layers") or "last"
+    encoder = ClipEncoder(config["model"], device=device, dtype=dtype, img_size=config.get("img_size"), layers=layers)
     clip = encoder.preprocess(frames)  # [C, T, crop, crop]; an image: T = 1, repeated below
     clip = clip.expand(-1, frames_per_clip, -1, -1) if clip.shape[1] == 1 else clip
     features = encoder.encode(clip[None])[0]  # [N, D] fp16

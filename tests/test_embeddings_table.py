@@ -91,8 +91,9 @@ def test_rows_equal_pooled_token_files_with_provenance(both_run):
         assert (row["model"], row["pooling"], row["embed_dim"], row["clip_frames"]) == ("random:tiny", "mean+l2", 192, 4)
         assert row["feature_dtype"] == "float16" and row["compute_dtype"] == "float32" and row["random_weights"]
         assert row["extraction_time"].isoformat() == meta["extraction_timestamp"]
-        # fields other extractors add later (generation, layers, spatial) are null until the metadata holds them
-        assert row["spatial"] is None and row["layers"] is None
+        info = record["model_info"]
+        assert (row["generation"], row["output"], row["layers"]) == (info["generation"], info["output"], info["layers"])
+        assert row["spatial"] is None  # null until the metadata holds it
 
 
 def test_table_from_token_files_equals_table_written_while_extracting(both_run, tmp_path, capsys):
@@ -151,6 +152,19 @@ def test_images_both_stores_rows_equal_chunk_entries(tmp_path, capsys):
             np.testing.assert_allclose(row["vector"], pooled(entry["features"]), atol=1e-3)
             assert row["source_type"] == "image" and row["token_file"] == str(chunk_file.resolve())
             assert row["image_size"] == [40, 56] and row["clip_frames"] == 2 and row["grid"] == [1, 2, 2]
+    # rows lost (the table removed): a rerun pools them from the finished chunk files, which stay untouched
+    import shutil
+
+    chunk_times = {p: p.stat().st_mtime_ns for p in out.glob("features_shard*.pt")}
+    shutil.rmtree(out / "embeddings")
+    again = run_in_process(capsys, vjepa2_extractor.main, *TINY, "--image_dir", images, "--output_dir", out,
+                           "--image_frames", 2, "--chunk_size", 2, "--store", "both")
+    assert again.returncode == 0, again.stderr
+    def without_time(table):  # rows pooled from a chunk file carry the file's time
+        return {k: {c: v for c, v in r.items() if c != "extraction_time"} for k, r in table.items()}
+
+    assert without_time(read_rows(out / "embeddings")) == without_time(rows)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("features_shard*.pt")} == chunk_times
     pooled_only = run_in_process(capsys, vjepa2_extractor.main, *TINY, "--image_dir", images, "--output_dir", tmp_path / "p",
                       "--image_frames", 2, "--store", "pooled")
     assert pooled_only.returncode == 0, pooled_only.stderr

@@ -145,7 +145,8 @@ def test_feature_file_queries_and_another_encoder_refused(real, tmp_path, capsys
     refused = run_in_process(capsys, "search", "--table_dir", root / "table", "--features",
                              tmp_path / "other" / "window_00000.pt", "--output_dir", tmp_path / "refused")
     assert refused.returncode == 2
-    assert "not from the table's encoder (model 'random:tiny,depth=1' (table: 'random:tiny'))" in refused.stderr
+    assert "not from the table's encoder (model 'random:tiny,depth=1' (table: 'random:tiny'), layers [0] (table: [1]))" \
+        in refused.stderr
     missing = run_in_process(capsys, "search", "--table_dir", root / "table", "--row", "nope", "--output_dir",
                              tmp_path / "missing")
     assert missing.returncode == 2 and "no row with row_id 'nope'" in missing.stderr
