@@ -42,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="original .pt checkpoint or any model spec (random:<arch>, directory, hub id)")
     p.add_argument("--checkpoint_key", default=None,
                    help="entry of the .pt to load (default: 'encoder' for 2.0, 'ema_encoder'/'target_encoder' for 2.1)")
+    p.add_argument("--num_heads", type=int, default=None,
+                   help="heads of a --pt_model .pt whose shapes cannot tell (default: the released encoder's; 16 for vit_giant)")
     p.add_argument("--probe", default=None, help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt)")
     p.add_argument("--video", default=None, help="video file (default: the kinetics-mini sample, fetched if reachable)")
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = probe = hf_model = None
     if args.pt_model:  # ours first: its generation decides whether transformers can be compared
         ours = load_encoder(args.pt_model, img_size=args.img_size, num_frames=args.num_frames,
-                            checkpoint_key=args.checkpoint_key, device=device)
+                            checkpoint_key=args.checkpoint_key, device=device, num_heads=args.num_heads)
     if args.hf_model.lower() != "none":
         if ours is not None and ours.generation != "2.0":
             print(f"transformers has no V-JEPA {ours.generation} model: comparison with {args.hf_model} skipped "

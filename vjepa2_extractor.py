@@ -107,17 +107,19 @@ class VJEPA2Extractor:
         checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
+        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
     """
 
     def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
                  use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
                  img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last"):
+                 layers: str | list[int] = "last", num_heads: int | None = None):
         check_image_frames(image_frames)
         if dtype is None:
             dtype = "fp16" if use_fp16 else "auto"
         self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
-                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers)
+                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers,
+                                   num_heads=num_heads)
         self.image_frames = resolve_image_frames(self.encoder, image_frames)
         tp, hp, wp = self.grid  # raises here if image_frames does not tile into tubelets
         if self.image_frames == 1:
@@ -606,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
                                     dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
-                                    compile=args.compile, layers=args.layers)
+                                    compile=args.compile, layers=args.layers, num_heads=args.num_heads)
     except ValueError as exc:  # a bad spec, file, --layers or --image_frames for this model
         raise cli.UsageError(str(exc)) from None
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
-        compile=args.compile, overwrite=args.overwrite, layers=args.layers, store=args.store,
+        compile=args.compile, overwrite=args.overwrite, layers=args.layers, num_heads=args.num_heads,
+        store=args.store,
         pooling=embeddings_table.pooling_from_args(args), table_dir=args.table_dir or out / "embeddings",
         part_rows=args.part_rows,
     )

@@ -62,6 +62,7 @@ class SequentialVJEPA2Extractor:
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
         layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
+        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
         store: "tokens" (feature files), "pooled" (rows of the embeddings table) or "both".
         pooling: how the table's vectors are made (default: mean over tokens, L2-normalised).
         table_dir: the embeddings table folder (default: `embeddings/` in the first output folder).
@@ -73,7 +74,7 @@ class SequentialVJEPA2Extractor:
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last",
+                 layers: str | list[int] = "last", num_heads: int | None = None,
                  store: str = "tokens", pooling: embeddings_table.Pooling | None = None, table_dir=None,
                  part_rows: int = embeddings_table.DEFAULT_PART_ROWS):
         try:  # validate window/stride/tail before loading a model
@@ -90,7 +91,8 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers)
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers,
+                                  num_heads=num_heads)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
-        layers=args.layers,
+        layers=args.layers, num_heads=args.num_heads,
         store=args.store, pooling=embeddings_table.pooling_from_args(args),
         table_dir=args.table_dir or Path(args.output_dir) / "embeddings", part_rows=args.part_rows,
     )

@@ -56,6 +56,9 @@ def common_parser() -> argparse.ArgumentParser:
     group.add_argument("--layers", default="last", type=_layers_arg,
                        help="what is stored: last (the model's output), hierarchical (4 levels on channels, 4·D) "
                             "or block indices such as 2,5,8,11 (each level normed as the model's generation does)")
+    group.add_argument("--num_heads", type=int, default=None,
+                       help="attention heads of an original .pt whose head count its shapes cannot tell (default: "
+                            "the released encoder of that width, e.g. 22 for 1408 wide; 16 for a vit_giant)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="compute dtype (auto: bf16 on GPUs with native bf16, else fp16; fp32 on CPU)")

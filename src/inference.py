@@ -73,10 +73,12 @@ class ClipEncoder:
             levels concatenated on channels, 4·D: 2.1's `return_hierarchical`; for 2.0 the same
             blocks through its one `norm`) or a list of block indices (`out_layers` semantics:
             each normed as the generation does it, concatenated on channels in the given order).
+        num_heads: head count of an original .pt whose shapes cannot tell it (see load_encoder).
     """
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
-                 checkpoint_key: str | None = None, compile: bool = False, layers: str | list[int] = "last"):
+                 checkpoint_key: str | None = None, compile: bool = False, layers: str | list[int] = "last",
+                 num_heads: int | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
@@ -87,7 +89,7 @@ class ClipEncoder:
             # land: make it ours, or every shard of a torchrun/srun job also opens a context on GPU 0
             torch.cuda.set_device(self.device)
         self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device,
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, num_heads=num_heads)
         self.layers = parse_layers(layers) if isinstance(layers, str) else [int(i) for i in layers]
         if self.layers == "hierarchical":
             self.model.return_hierarchical = True

@@ -134,7 +134,7 @@ def test_random_spec_is_seeded_and_loud(caplog):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("random:vit_small", "unknown architecture 'vit_small'"),
+    ("random:vit_enormous", "unknown architecture 'vit_enormous'"),
     ("random:tiny,depth", "bad option 'depth'"),
     ("nonsense spec!", "unknown model spec 'nonsense spec!'"),
     ("./missing/vitl.pt", "no such checkpoint file or model directory"),

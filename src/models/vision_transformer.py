@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
+import warnings
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 LAYER_NORM_EPS = 1e-6
 
@@ -49,8 +51,17 @@ def rope_angles(positions: torch.Tensor, axis_dim: int, layout: str = "repeat") 
     return torch.cat([angles, angles], dim=-1)  # [..., axis_dim]: θ0 θ1 … θ0 θ1 …
 
 
-def grid_positions(grid: tuple[int, int, int], device=None) -> torch.Tensor:
-    """(t, h, w) integer position of each token, `[N, 3]`, in the t-major, h, w token order."""
+def grid_positions(grid: tuple[int, int, int], device=None, row_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(t, h, w) integer position of each token, `[N, 3]`, in the t-major, h, w token order.
+
+    `row_grid` (Hn, Wn): read the flat token index n against a nominal Hn×Wn frame instead
+    (t = n // (Hn·Wn), h = n // Wn mod Hn, w = n mod Wn): the original's positions with
+    `handle_nonsquare_inputs=False`, which equal the real ones only at the nominal size.
+    """
+    if row_grid is not None:
+        hn, wn = row_grid
+        n = torch.arange(math.prod(grid), device=device)
+        return torch.stack([n // (hn * wn), (n // wn) % hn, n % wn], dim=-1)
     t, h, w = torch.meshgrid(
         *(torch.arange(n, device=device) for n in grid), indexing="ij"
     )
@@ -85,7 +96,8 @@ def interpolated_positions(grid: tuple[int, int, int], target: int, device=None)
 
 
 def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None, dtype: torch.dtype = torch.float32,
-                layout: str = "repeat", interpolate_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                layout: str = "repeat", interpolate_to: int | None = None,
+                row_grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables `[N, 3*s]` for a patch grid (Tp, Hp, Wp); angles computed in float32.
 
     `layout`: frequency layout (see `rope_angles`). `interpolate_to`: rescale h/w positions onto
@@ -93,7 +105,7 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None, dtype: t
     """
     s = rope_axis_dim(head_dim)
     if interpolate_to is None:
-        pos = grid_positions(grid, device=device)  # [N, 3]
+        pos = grid_positions(grid, device=device, row_grid=row_grid)  # [N, 3]
     else:
         pos = interpolated_positions(grid, interpolate_to, device=device)
     angles = torch.cat([rope_angles(pos[:, axis], s, layout) for axis in range(3)], dim=-1)  # [N, 3s]
@@ -139,10 +151,12 @@ class RopeCache:
     fp32/bf16/fp16 activations (see `rope_table_dtype`) and float64 for float64 ones.
     """
 
-    def __init__(self, head_dim: int, layout: str = "repeat", interpolate_to: int | None = None):
+    def __init__(self, head_dim: int, layout: str = "repeat", interpolate_to: int | None = None,
+                 row_grid: tuple[int, int] | None = None):
         if layout not in ROPE_LAYOUTS:
             raise ValueError(f"rope layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
         self.head_dim, self.layout, self.interpolate_to = head_dim, layout, interpolate_to
+        self.row_grid = row_grid
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, grid: tuple[int, int, int], device: torch.device,
@@ -151,7 +165,8 @@ class RopeCache:
         key = (tuple(grid), str(torch.device(device)), table_dtype)
         if key not in self._tables:
             self._tables[key] = rope_tables(grid, self.head_dim, device=device, dtype=table_dtype,
-                                            layout=self.layout, interpolate_to=self.interpolate_to)
+                                            layout=self.layout, interpolate_to=self.interpolate_to,
+                                            row_grid=self.row_grid)
         return self._tables[key]
 
 
@@ -215,12 +230,13 @@ class PatchEmbed3D(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with fused qkv; 3D RoPE on q and k when tables are given."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, scale: float | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.scale = scale  # None: head_dim^-0.5 (the original's qk_scale=None)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -234,7 +250,7 @@ class Attention(nn.Module):
         q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim^-0.5 by default
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, heads, N, hd]
         x = x.transpose(1, 2).reshape(B, N, D)  # [B, heads, N, hd] → [B, N, D]: the one copy
         if residual is None:
             return self.proj(x)
@@ -260,10 +276,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, qkv_bias: bool, norm_layer: Callable):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, qkv_bias: bool, norm_layer: Callable,
+                 qk_scale: float | None = None):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, scale=qk_scale)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, mlp_hidden_dim)
 
@@ -319,11 +336,32 @@ class VisionTransformer(nn.Module):
             instead of one `norm` (2.1); the default output is `norms_block[3]` after the last block.
         return_hierarchical: forward returns the 4 levels concatenated on channels `[B, N, 4·D]`
             (2.1's `return_hierarchical`; also settable as an attribute afterwards).
+
+    Meta's constructor arguments, accepted by name so its call sites run unchanged:
+        use_rope: 3D RoPE (default here, as every released V-JEPA 2 encoder; Meta's own default
+            is False). False: a learned absolute `pos_embed` `[1, N, D]` for the nominal grid,
+            resized for other grids as the original does (V-JEPA 1 and other non-RoPE models).
+        handle_nonsquare_inputs: True (default): RoPE positions from each input's patch grid.
+            False: the original's older behaviour, positions read against the nominal square grid.
+        qk_scale: attention scale (None: head_dim^-0.5).
+        norm_layer: constructor of every LayerNorm (e.g. `partial(nn.LayerNorm, eps=1e-6)`);
+            overrides `norm_eps`.
+        init_std: initialise weights as the original (truncated normal of this std, output
+            projections rescaled by depth); None keeps PyTorch's defaults. Only random models care.
+        uniform_power, use_sdpa, wide_silu: accepted; they change nothing here (the sincos
+            initial table, the attention kernel, SwiGLU width: not used or equivalent).
+        use_silu: only False (the released encoders use GELU); True raises.
+        drop_rate, attn_drop_rate, drop_path_rate: accepted; this encoder is for inference,
+            where they are identities (a non-zero value warns that training would ignore it).
+        use_activation_checkpointing: recompute blocks in the backward pass (saves memory
+            when gradients flow through the encoder).
+        pos_embed_grid: (Tp, Hp, Wp) the `pos_embed` table was made for (default: the nominal
+            grid from num_frames and img_size); set by the loader from a checkpoint's table.
     """
 
     def __init__(
         self,
-        img_size: int = 256,
+        img_size: int | tuple[int, int] = 256,
         num_frames: int = 16,
         patch_size: int = 16,
         tubelet_size: int = 2,
@@ -341,9 +379,33 @@ class VisionTransformer(nn.Module):
         img_temporal_dim_size: int | None = None,
         norms_block: bool = False,
         return_hierarchical: bool = False,
+        use_rope: bool = True,
+        handle_nonsquare_inputs: bool = True,
+        qk_scale: float | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        init_std: float | None = None,
+        uniform_power: bool = False,
+        use_sdpa: bool = True,
+        use_silu: bool = False,
+        wide_silu: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_activation_checkpointing: bool = False,
+        pos_embed_grid: tuple[int, int, int] | None = None,
     ):
         super().__init__()
-        self.img_size, self.num_frames = img_size, num_frames
+        if use_silu:
+            raise ValueError("use_silu=True (a SiLU/SwiGLU MLP) is not implemented: the released V-JEPA 2 "
+                             "encoders use GELU")
+        if not use_rope and (rope_layout != "repeat" or interpolate_rope or norms_block or img_temporal_dim_size):
+            raise ValueError("use_rope=False cannot be combined with V-JEPA 2.1 options (2.1 encoders use RoPE)")
+        if max(drop_rate, attn_drop_rate, drop_path_rate) > 0:
+            warnings.warn("drop_rate/attn_drop_rate/drop_path_rate are not applied: this encoder is for inference, "
+                          "where they are identities", stacklevel=2)
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = height if height == width else (height, width)
+        self.num_frames = num_frames
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.mlp_ratio = mlp_ratio
@@ -351,12 +413,15 @@ class VisionTransformer(nn.Module):
         self.rope_layout, self.interpolate_rope = rope_layout, bool(interpolate_rope)
         self.img_temporal_dim_size = img_temporal_dim_size
         self.return_hierarchical = bool(return_hierarchical)
+        self.use_rope, self.handle_nonsquare_inputs = bool(use_rope), bool(handle_nonsquare_inputs)
+        self.qk_scale, self.init_std, self.uniform_power = qk_scale, init_std, uniform_power
+        self.use_activation_checkpointing = bool(use_activation_checkpointing)
         if img_temporal_dim_size not in (None, 1):
             raise ValueError(f"img_temporal_dim_size must be None or 1, got {img_temporal_dim_size!r}")
         if interpolate_rope and patch_size not in PRETRAINED_ROPE_GRID:
             raise ValueError(f"interpolate_rope is defined for patch sizes {sorted(PRETRAINED_ROPE_GRID)}, "
                              f"not {patch_size}")
-        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=norm_eps)
         mlp_hidden_dim = int(embed_dim * mlp_ratio)
 
         self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
@@ -365,8 +430,13 @@ class VisionTransformer(nn.Module):
         if modality_embedding:
             self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if not use_rope:  # the stored table is what matters; it starts at zero (load a checkpoint)
+            self.pos_embed_grid = tuple(pos_embed_grid or (num_frames // tubelet_size, height // patch_size,
+                                                           width // patch_size))
+            self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.pos_embed_grid), embed_dim),
+                                          requires_grad=False)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_hidden_dim, qkv_bias, norm_layer) for _ in range(depth)
+            Block(embed_dim, num_heads, mlp_hidden_dim, qkv_bias, norm_layer, qk_scale=qk_scale) for _ in range(depth)
         )
         if norms_block:
             self.hierarchical_layers = list(hierarchical_layers_for(depth))
@@ -375,7 +445,27 @@ class VisionTransformer(nn.Module):
             self.hierarchical_layers = list(hierarchical_layers_for(depth))  # 2.0: levels normed by `norm`
             self.norm = norm_layer(embed_dim)
         interpolate_to = PRETRAINED_ROPE_GRID[patch_size] if self.interpolate_rope else None
-        self.rope = RopeCache(embed_dim // num_heads, layout=rope_layout, interpolate_to=interpolate_to)
+        row_grid = None if handle_nonsquare_inputs else (height // patch_size, height // patch_size)
+        self.rope = RopeCache(embed_dim // num_heads, layout=rope_layout, interpolate_to=interpolate_to,
+                              row_grid=row_grid)
+        if init_std is not None:
+            self._init_weights(init_std)
+
+    def _init_weights(self, std: float) -> None:
+        """The original's initialisation: truncated-normal weights, zero biases, unit LayerNorms,
+        and each block's output projections divided by sqrt(2·layer) (layer from 1)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            for layer, block in enumerate(self.blocks, start=1):
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
     # --------------------------------------------------------------- what kind of model this is
     @property
@@ -396,9 +486,12 @@ class VisionTransformer(nn.Module):
 
     @property
     def generation(self) -> str:
-        """"2.1" with every 2.1 option, "2.0" with none, "custom" for a mix (a hand-built model)."""
+        """"2.1" with every 2.1 option, "2.0" with none, "1" for a `pos_embed` (no RoPE) model such
+        as V-JEPA 1's, "custom" for a mix (a hand-built model)."""
         flags = (self.rope_layout == "interleave", self.has_norms_block, self.has_image_path,
                  self.has_modality_embedding, self.interpolate_rope)
+        if not self.use_rope:
+            return "1"
         return "2.1" if all(flags) else "2.0" if not any(flags) else "custom"
 
     @property
@@ -442,11 +535,35 @@ class VisionTransformer(nn.Module):
             self.level_norm(i)  # raises for a 2.1 block without a level norm
         return resolved
 
-    def forward(self, x: torch.Tensor, out_layers: Sequence[int] | None = None):
+    def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The `pos_embed` table for a token grid, as the original resizes it: as stored for its own
+        grid; its first frames' rows for fewer frames at the same size; otherwise trilinear
+        interpolation over (T, H, W) with scale factors new/stored per axis."""
+        nt, nh, nw = self.pos_embed_grid
+        tp, hp, wp = grid
+        table = self.pos_embed
+        if (hp, wp) == (nh, nw) and tp <= nt:
+            return table[:, : tp * hp * wp]
+        dim = table.shape[-1]
+        volume = table.reshape(1, nt, nh, nw, dim).permute(0, 4, 1, 2, 3)  # [1, D, Tn, Hn, Wn]
+        volume = F.interpolate(volume, scale_factor=(tp / nt, hp / nh, wp / nw), mode="trilinear")
+        if tuple(volume.shape[2:]) != tuple(grid):  # float scale factors can round a size down
+            volume = F.interpolate(table.reshape(1, nt, nh, nw, dim).permute(0, 4, 1, 2, 3), size=grid,
+                                   mode="trilinear")
+        return volume.permute(0, 2, 3, 4, 1).reshape(1, -1, dim)  # [1, N, D]
+
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                out_layers: Sequence[int] | None = None):
+        """Features of `x` `[B, C, T, H, W]`: `[B, N, D]` (or a list, see `out_layers`).
+
+        masks: token indices to KEEP, `[B, K]` or a list of them (the original's semantics): the
+            kept tokens are gathered after the patch (and position) embedding and keep their grid
+            positions in RoPE; a list of M masks gives a batch of M·B, mask by mask.
+        """
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
         grid = self.patch_grid(*x.shape[2:])
-        cos, sin = self.rope.get(grid, x.device, x.dtype)
+        cos, sin = self.rope.get(grid, x.device, x.dtype) if self.use_rope else (None, None)
         if self.uses_image_path(x.shape[2]):
             x = self.patch_embed_img(x)  # [B, N, D], one temporal token
             if self.has_modality_embedding:
@@ -455,11 +572,15 @@ class VisionTransformer(nn.Module):
             x = self.patch_embed(x)  # [B, N, D]
             if self.has_modality_embedding:
                 x = x + self.video_mod_embed
+        if not self.use_rope:
+            x = x + self.pos_embed_for(grid).to(x.dtype)
+        if masks is not None:
+            x, cos, sin = self._keep_tokens(x, masks, cos, sin)
 
         wanted = out_layers if out_layers is not None else self.out_layers
         if wanted is None and not self.return_hierarchical:
             for block in self.blocks:
-                x = block(x, cos, sin)
+                x = self._block(block, x, cos, sin)
             return self.level_norm(self.depth - 1)(x)
         if wanted is None:  # return_hierarchical: level j = norms_block[j] (or norm) at its block
             norms = self.norms_block if self.has_norms_block else [self.norm] * NUM_LEVELS
@@ -468,12 +589,31 @@ class VisionTransformer(nn.Module):
         levels = [(i, self.level_norm(i)) for i in self.resolve_layers(wanted)]
         return self._run_to_levels(x, cos, sin, levels)
 
+    @staticmethod
+    def _keep_tokens(x, masks, cos, sin):
+        """Gather the kept tokens of each mask (`[B, K]` indices) and their RoPE rows."""
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        for m in masks:
+            if m.ndim != 2 or m.shape[0] != x.shape[0]:
+                raise ValueError(f"a mask must be [B, K] token indices with B = {x.shape[0]}, got {tuple(m.shape)}")
+        keep = torch.cat([m.to(x.device, torch.long) for m in masks], dim=0)  # [M·B, K]
+        x = torch.cat([x.gather(1, m.to(x.device, torch.long)[..., None].expand(-1, -1, x.shape[-1]))
+                       for m in masks], dim=0)  # [M·B, K, D]
+        if cos is not None:
+            cos, sin = cos[keep].unsqueeze(1), sin[keep].unsqueeze(1)  # [M·B, 1, K, 3s]: per-sample positions
+        return x, cos, sin
+
+    def _block(self, block: Block, x, cos, sin):
+        if self.use_activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, cos, sin, use_reentrant=False)
+        return block(x, cos, sin)
+
     def _run_to_levels(self, x, cos, sin, levels: list[tuple[int, nn.Module]]) -> list[torch.Tensor]:
         """Run the blocks up to the deepest wanted one; each (block, norm) level's normed output."""
         last = max(i for i, _ in levels)
         outputs: list[torch.Tensor | None] = [None] * len(levels)
         for i, block in enumerate(self.blocks[: last + 1]):
-            x = block(x, cos, sin)
+            x = self._block(block, x, cos, sin)
             for j, (layer, norm) in enumerate(levels):
                 if layer == i:
                     outputs[j] = norm(x)
@@ -499,7 +639,13 @@ ARCHITECTURES: dict[str, dict] = {
     "vit_giant_xformers": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
     # The reference factory misspells its mlp-ratio keyword, so the released model uses ratio 4.
     "vit_gigantic_xformers": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=4.0),
-    # Not a released model: a few-MB encoder for tests and offline smoke runs.
+    # The original's other factories (no released V-JEPA 2 encoder uses them; note 16-head giants).
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "vit_giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
+    "vit_gigantic": dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.0),
+    # Not a released model: a few-MB encoder for tests and offline smoke runs (`random:tiny`).
     "tiny": dict(embed_dim=192, depth=2, num_heads=3, mlp_ratio=4.0),
     # V-JEPA 2.1 (all released at 384 px). Gigantic's MLP is 8192 wide here (the 2.0 typo is fixed).
     "vjepa2_1_vit_base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, **V2_1_OPTIONS),
@@ -512,68 +658,47 @@ ARCHITECTURES: dict[str, dict] = {
 DEFAULT_IMG_SIZE = {name: 384 if name.startswith("vjepa2_1_") else 256 for name in ARCHITECTURES}
 
 
-def _create_vision_transformer(arch: str, img_size: int | None, num_frames: int, overrides: dict) -> VisionTransformer:
+def _create_vision_transformer(arch: str, img_size, num_frames: int, overrides: dict) -> VisionTransformer:
     args = {**ARCHITECTURES[arch], **overrides}
     return VisionTransformer(img_size=img_size or DEFAULT_IMG_SIZE[arch], num_frames=num_frames, **args)
 
 
-def vit_large(img_size: int = 256, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vit_large", img_size, num_frames, overrides)
+def _factory(arch: str, default_img_size: int) -> Callable[..., VisionTransformer]:
+    """`arch(img_size=…, num_frames=16, **overrides)`: the architecture's arguments, then the
+    caller's (any `VisionTransformer` argument by name, Meta's included; a misspelled one raises)."""
+    def factory(img_size: int | tuple[int, int] = default_img_size, num_frames: int = 16,
+                **overrides) -> VisionTransformer:
+        return _create_vision_transformer(arch, img_size, num_frames, overrides)
+
+    factory.__name__ = factory.__qualname__ = arch
+    factory.__doc__ = f"{arch}: {ARCHITECTURES[arch]}."
+    return factory
 
 
-def vit_huge(img_size: int = 256, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vit_huge", img_size, num_frames, overrides)
-
-
-def vit_giant_xformers(img_size: int = 256, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vit_giant_xformers", img_size, num_frames, overrides)
-
-
-def vit_gigantic_xformers(img_size: int = 256, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vit_gigantic_xformers", img_size, num_frames, overrides)
-
-
-def vit_tiny(img_size: int = 256, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("tiny", img_size, num_frames, overrides)
-
-
-def vjepa2_1_vit_base(img_size: int = 384, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vjepa2_1_vit_base", img_size, num_frames, overrides)
-
-
-def vjepa2_1_vit_large(img_size: int = 384, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vjepa2_1_vit_large", img_size, num_frames, overrides)
-
-
-def vjepa2_1_vit_giant(img_size: int = 384, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vjepa2_1_vit_giant", img_size, num_frames, overrides)
-
-
-def vjepa2_1_vit_gigantic(img_size: int = 384, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vjepa2_1_vit_gigantic", img_size, num_frames, overrides)
-
-
-def vjepa2_1_tiny(img_size: int = 384, num_frames: int = 16, **overrides) -> VisionTransformer:
-    return _create_vision_transformer("vjepa2_1_tiny", img_size, num_frames, overrides)
-
-
-# The original release names its RoPE encoders with a `_rope` suffix; the demo imports these.
-vit_large_rope = vit_large
-vit_huge_rope = vit_huge
-vit_giant_xformers_rope = vit_giant_xformers
-vit_gigantic_xformers_rope = vit_gigantic_xformers
+# 2.0 names (Meta's factory names). Unlike Meta's, these default to use_rope=True, as every
+# released V-JEPA 2 encoder; pass use_rope=False for a pos_embed model. The `_rope` names are
+# the same factories (Meta's `_rope` variants only set use_rope=True).
+vit_tiny = _factory("vit_tiny", 256)
+vit_small = _factory("vit_small", 256)
+vit_base = _factory("vit_base", 256)
+vit_large = _factory("vit_large", 256)
+vit_huge = _factory("vit_huge", 256)
+vit_giant = _factory("vit_giant", 256)
+vit_giant_xformers = _factory("vit_giant_xformers", 256)
+vit_gigantic = _factory("vit_gigantic", 256)
+vit_gigantic_xformers = _factory("vit_gigantic_xformers", 256)
+vit_large_rope, vit_huge_rope, vit_giant_rope = vit_large, vit_huge, vit_giant
+vit_giant_xformers_rope, vit_gigantic_xformers_rope = vit_giant_xformers, vit_gigantic_xformers
+# 2.1 (Meta's hub entry-point names, with and without `_384`)
+vjepa2_1_vit_base = _factory("vjepa2_1_vit_base", 384)
+vjepa2_1_vit_large = _factory("vjepa2_1_vit_large", 384)
+vjepa2_1_vit_giant = _factory("vjepa2_1_vit_giant", 384)
+vjepa2_1_vit_gigantic = _factory("vjepa2_1_vit_gigantic", 384)
+vjepa2_1_tiny = _factory("vjepa2_1_tiny", 384)
+tiny = _factory("tiny", 256)
 
 FACTORIES: dict[str, Callable[..., VisionTransformer]] = {
-    "vit_large": vit_large,
-    "vit_huge": vit_huge,
-    "vit_giant_xformers": vit_giant_xformers,
-    "vit_gigantic_xformers": vit_gigantic_xformers,
-    "tiny": vit_tiny,
-    "vjepa2_1_vit_base": vjepa2_1_vit_base,
-    "vjepa2_1_vit_large": vjepa2_1_vit_large,
-    "vjepa2_1_vit_giant": vjepa2_1_vit_giant,
-    "vjepa2_1_vit_gigantic": vjepa2_1_vit_gigantic,
-    "vjepa2_1_tiny": vjepa2_1_tiny,
+    name: globals()[name] for name in ARCHITECTURES
 }
 for _name in list(FACTORIES):
     if _name.startswith("vit_"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -281,29 +282,43 @@ def checkpoint_generation(state_dict: dict) -> str:
     return "2.1" if any(k.startswith(V2_1_KEY_MARKERS) for k in state_dict) else "2.0"
 
 
-def infer_architecture(state_dict: dict) -> dict:
+def infer_architecture(state_dict: dict, num_heads: int | None = None) -> dict:
     """Architecture arguments from tensor shapes of an (unprefixed) original encoder state dict.
 
     The generation comes from the keys (`checkpoint_generation`); a 2.1 file gets all of 2.1's
     options, so a file missing some 2.1 keys fails the strict load naming them, never loads
-    as 2.0 (and a 2.0 file never as 2.1).
+    as 2.0 (and a 2.0 file never as 2.1). Heads are not in the weights: `num_heads` if given,
+    else the released model of that width (1408 → 22, the V-JEPA 2 giant; a 16-head `vit_giant`
+    has the same shapes), else 64-channel heads; the log says which and why.
     """
     if "patch_embed.proj.weight" not in state_dict:
         raise CheckpointError(
             f"no 'patch_embed.proj.weight' among the keys ({_key_list(sorted(state_dict), 6)}): "
             "not a V-JEPA 2 encoder state dict"
         )
-    width, in_chans, tubelet, patch, _ = state_dict["patch_embed.proj.weight"].shape
+    weight = state_dict["patch_embed.proj.weight"]
+    if weight.ndim != 5:
+        raise CheckpointError(f"patch_embed.proj.weight has shape {tuple(weight.shape)}: a 2-D (image-only) patch "
+                              "embedding; only video encoders (Conv3d tubelets) are supported")
+    width, in_chans, tubelet, patch, _ = weight.shape
     blocks = _block_indices(state_dict, "blocks.")
     if not blocks:
         raise CheckpointError("no 'blocks.N.*' keys: not a V-JEPA 2 encoder state dict")
     fc1 = state_dict.get(f"blocks.{blocks[0]}.mlp.fc1.weight")
     mlp_ratio = fc1.shape[0] / width if fc1 is not None else 4.0
-    if width in HEADS_BY_WIDTH:
+    if num_heads is not None:
+        if num_heads < 1 or width % num_heads:
+            raise CheckpointError(f"num_heads {num_heads} does not divide the width {width}")
+        heads = num_heads
+        logger.info("width %d: %d heads, as given (num_heads / --num_heads)", width, heads)
+    elif width in HEADS_BY_WIDTH:
         heads = HEADS_BY_WIDTH[width]
+        logger.info("width %d: %d heads, those of the released encoder of this width (shapes cannot tell the "
+                    "head count; pass --num_heads for another, e.g. 16 for a vit_giant)", width, heads)
     else:
         heads = max(1, width // 64)
-        logger.warning("width %d is not a released V-JEPA 2 width; assuming %d heads of 64", width, heads)
+        logger.warning("width %d is not a released V-JEPA 2 width; assuming %d heads of 64 (--num_heads to set)",
+                       width, heads)
     qkv_bias = f"blocks.{blocks[0]}.attn.qkv.bias" in state_dict
     arch = dict(
         embed_dim=width, depth=blocks[-1] + 1, num_heads=heads, mlp_ratio=mlp_ratio,
@@ -311,7 +326,24 @@ def infer_architecture(state_dict: dict) -> dict:
     )
     if checkpoint_generation(state_dict) == "2.1":
         arch.update(V2_1_OPTIONS)
+    if "pos_embed" in state_dict:
+        arch["use_rope"] = False
     return arch
+
+
+def pos_embed_grid(table: torch.Tensor, tubelet: int, num_frames: int) -> tuple:
+    """(Tn, Hn, Wn) of a stored square `pos_embed` `[1, N, D]`: N = Tn·Hn·Hn, with Tn the
+    requested frames' tubelets if that fits, else the first of 8, 16, 32, 4, 2, 1 that does."""
+    if table.ndim != 3 or table.shape[0] != 1:
+        raise CheckpointError(f"pos_embed has shape {tuple(table.shape)}, expected [1, N, D]")
+    n = table.shape[1]
+    candidates = [num_frames // tubelet] if num_frames >= tubelet else []
+    candidates += [8, 16, 32, 4, 2, 1]
+    for nt in candidates:
+        side = math.isqrt(n // nt) if n % nt == 0 else 0
+        if side and nt * side * side == n:
+            return nt, side, side
+    raise CheckpointError(f"pos_embed of {n} positions is not T×H×H for any frame count tried")
 
 
 def _load_pickle_free(path: Path) -> object:
@@ -353,7 +385,8 @@ def choose_checkpoint_key(ckpt: dict, path: Path) -> str:
 
 
 def load_original_checkpoint(
-    path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str | None = None
+    path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str | None = None,
+    num_heads: int | None = None,
 ) -> VisionTransformer:
     """Encoder from an original V-JEPA 2 / 2.1 `.pt` (generation from the keys, architecture
     from tensor shapes). `checkpoint_key` None: the entry Meta's code reads (see
@@ -377,10 +410,17 @@ def load_original_checkpoint(
             raise CheckpointError(f"{path}: entry '{checkpoint_key}' is a {type(state_dict).__name__}, "
                                   "not an encoder state dict")
     state_dict = strip_prefixes(state_dict)
-    if state_dict.pop("pos_embed", None) is not None:
-        logger.info("%s: ignoring 'pos_embed' (RoPE encoders use no learned positions)", path)
-    arch = infer_architecture(state_dict)
-    generation = "2.1" if arch.get("norms_block") else "2.0"
+    arch = infer_architecture(state_dict, num_heads=num_heads)
+    generation = "2.1" if arch.get("norms_block") else "2.0" if arch.get("use_rope", True) else "1 (pos_embed)"
+    if not arch.get("use_rope", True):
+        # V-JEPA 1 and other non-RoPE encoders: their stored table is used, resized per input
+        grid = pos_embed_grid(state_dict["pos_embed"], arch["tubelet_size"], num_frames)
+        arch["pos_embed_grid"] = grid
+        native = grid[1] * arch["patch_size"]
+        logger.info("%s: absolute position embeddings for %d frames at %d px (%d×%d×%d tokens); other inputs "
+                    "get them resized as the original does", path.name, grid[0] * arch["tubelet_size"], native, *grid)
+        if img_size is None:
+            img_size = native
     if img_size is None:
         img_size = 384 if generation == "2.1" else 256
         logger.info("%s: no crop size given; using %d (%s)", path.name, img_size,
@@ -481,6 +521,7 @@ def load_encoder(
     checkpoint_key: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    num_heads: int | None = None,
 ) -> VisionTransformer:
     """Turn a model spec into an eval-mode encoder on `device` (see the module docstring), cast
     to `dtype` if given (cast and moved in one step, so a bf16 ViT-g never sits on the GPU in fp32).
@@ -488,10 +529,13 @@ def load_encoder(
     The returned model carries `model_spec` (the spec string) and `is_random` attributes.
     """
     kind = resolve_spec_kind(spec)
+    if num_heads is not None and kind != "checkpoint":
+        raise ModelSpecError(f"num_heads (--num_heads) applies to original .pt checkpoints, whose shapes cannot tell "
+                             f"the head count; {spec} records its own (a random: spec takes ',num_heads=N')")
     if kind == "random":
         model = build_random_encoder(spec, img_size=img_size, num_frames=num_frames)
     elif kind == "checkpoint":
-        model = load_original_checkpoint(Path(spec).expanduser(), img_size, num_frames, checkpoint_key)
+        model = load_original_checkpoint(Path(spec).expanduser(), img_size, num_frames, checkpoint_key, num_heads)
     elif kind == "hf_dir":
         model = load_hf_directory(Path(spec).expanduser(), img_size, num_frames)
     else:
