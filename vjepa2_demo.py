@@ -44,7 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="entry of the .pt to load (default: 'encoder' for 2.0, 'ema_encoder'/'target_encoder' for 2.1)")
     p.add_argument("--num_heads", type=int, default=None,
                    help="heads of a --pt_model .pt whose shapes cannot tell (default: the released encoder's; 16 for vit_giant)")
-    p.add_argument("--probe", default=None, help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt)")
+    p.add_argument("--probe", default=None,
+                   help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt), or random:probe for random weights "
+                        "(offline smoke runs: the encoder's width, one class per --classes entry)")
     p.add_argument("--video", default=None, help="video file (default: the kinetics-mini sample, fetched if reachable)")
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
     p.add_argument("--img_size", type=int, default=None,
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if ours is not None:
         ours.img_size = crop  # nominal only (RoPE follows the input), but model_info reports it
     if args.probe:  # every check before any video is decoded or any model is run
-        probe = load_classifier(args.probe, device=device)
+        probe = load_classifier(args.probe, device=device, embed_dim=ours.embed_dim, num_classes=len(classes))
         if probe.embed_dim != ours.embed_dim:
             raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
         if probe.num_classes != len(classes):

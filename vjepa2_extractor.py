@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src import cli, embeddings_table, features, frames, sharding
-from src.inference import ClipEncoder, stored_layers
+from src.inference import ClipEncoder, dtype_name, stored_layers
 from src.windows import check_frame_size, default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
@@ -98,11 +98,12 @@ class VJEPA2Extractor:
     Args:
         model_name: model spec (hub id, transformers directory, original .pt, ``random:<arch>``).
         device: "auto", "cpu", "cuda" (the local rank's GPU) or "cuda:N".
-        use_fp16: compute in fp16 (ignored when ``dtype`` is given).
+        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
         image_frames: frames per image: 1 (2.1's image path; the default for 2.1 models) or
             even ≥ 2, the image repeated along time (16 → 8 temporal tokens, 2 → 1; the
             default for 2.0 models is 16). None: the model's default.
-        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto".
+        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto" (a
+            ``dtype`` other than "fp16" with ``use_fp16=True`` is a ValueError).
         img_size: crop size (default: the model's).
         checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
@@ -115,9 +116,7 @@ class VJEPA2Extractor:
                  img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
                  layers: str | list[int] = "last", num_heads: int | None = None):
         check_image_frames(image_frames)
-        if dtype is None:
-            dtype = "fp16" if use_fp16 else "auto"
-        self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
+        self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype_name(dtype, use_fp16),
                                    img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers,
                                    num_heads=num_heads)
         self.image_frames = resolve_image_frames(self.encoder, image_frames)

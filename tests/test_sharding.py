@@ -149,6 +149,42 @@ def test_lone_rank_is_ignored_with_warning(caplog):
     assert "RANK is set without WORLD_SIZE" in caplog.text
 
 
+def test_batch_script_procid_alone_is_quiet(caplog):
+    """A Slurm batch script (an array task included) has SLURM_PROCID=0 and, without --ntasks, no
+    SLURM_NTASKS: that is normal, not worth a warning in every task's log."""
+    env = {"SLURM_PROCID": "0", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}
+    with caplog.at_level(logging.DEBUG, logger="src.sharding"):
+        assert resolve(environ=env) == (2, 4)
+        assert resolve(environ={"SLURM_PROCID": "0"}) == (0, 1)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="src.sharding"):  # a rank > 0 alone is still odd
+        assert resolve(environ={"SLURM_PROCID": "3"}) == (0, 1)
+    assert "SLURM_PROCID is set without SLURM_NTASKS" in caplog.text
+
+
+def test_array_task_id_is_the_shard_with_num_shards(caplog):
+    # a rerun of tasks 1 and 3 of --array=0-3: Slurm reports 2 tasks, MIN 1, MAX 3
+    rerun = {"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "3"}
+    with caplog.at_level(logging.INFO, logger="src.sharding"):
+        assert [resolve(num_shards=4, environ={**rerun, "SLURM_ARRAY_TASK_ID": i}) for i in "13"] == [(1, 4), (3, 4)]
+    assert "array task 3 is shard 3/4 (this array has 2 task(s): a partial run or rerun)" in caplog.text
+    # a full array logs nothing about it
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="src.sharding"):
+        assert resolve(num_shards=4, environ={"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    assert caplog.records == []
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID=4 is not a shard of --num_shards 4"):
+        resolve(num_shards=4, environ={"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"})
+
+
+def test_torque_array_id():
+    assert resolve(num_shards=5, environ={"PBS_ARRAYID": "4"}) == (4, 5)
+    with pytest.raises(ValueError, match="PBS_ARRAYID is set but --num_shards is not"):
+        resolve(environ={"PBS_ARRAYID": "4"})
+    with pytest.raises(ValueError, match="PBS_ARRAYID: shard index 5 not in 0..4"):
+        resolve(num_shards=5, environ={"PBS_ARRAYID": "5"})
+
+
 def test_defaults_to_os_environ(monkeypatch):
     for name in ["RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID",
                  "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "PBS_ARRAY_INDEX"]:

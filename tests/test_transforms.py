@@ -100,6 +100,74 @@ def test_resize_nearest_matches_between_paths():
     np.testing.assert_array_equal(t_out.permute(0, 2, 3, 1).numpy(), clip[:, ::2, ::2, :])
 
 
+def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of an antialiased bilinear resize, written from its definition
+    (float64): output pixel i is centred at (i + 0.5)·scale in input pixel units; the triangle
+    filter is widened to the scale when downscaling, cut at the frame and renormalised (the
+    filter PIL and torchvision use)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) + 0.5 - centre) / support))
+        weights[i, lo:hi] = taps / taps.sum()
+    return weights
+
+
+def _reference_resize(planes: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """[..., H, W] float64 → [..., new_h, new_w], separable triangle filter."""
+    rows, cols = _triangle_weights(planes.shape[-2], new_h), _triangle_weights(planes.shape[-1], new_w)
+    return rows @ planes.astype(np.float64) @ cols.T
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 720, 1280), 292), ((1, 3, 97, 61), (40, 23))])
+def test_resize_torch_is_antialiased_bilinear(shape, size):
+    """Tensor clips resize like torchvision's default (antialiased bilinear) on a downscale."""
+    rng = np.random.default_rng(0)
+    clip = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+    out = Resize(size)(torch.from_numpy(clip))
+    new_h, new_w = out.shape[-2:]
+    ref = _reference_resize(clip, new_h, new_w)
+    assert np.abs(out.numpy() - ref).max() <= 1e-5
+    # PIL's bilinear (an independent implementation of the same filter) agrees too
+    from PIL import Image
+
+    pil = np.asarray(Image.fromarray(clip[0, 0], mode="F").resize((new_w, new_h), Image.BILINEAR))
+    assert np.abs(out[0, 0].numpy() - pil).max() <= 1e-5
+    # the old path (antialias=False, plain bilinear sampling) is far from it: the test can tell
+    plain = Resize(size, antialias=False)(torch.from_numpy(clip))
+    assert np.abs(plain.numpy() - ref).max() > 0.1
+
+
+def test_eval_transform_of_a_uint8_tensor_clip_in_normalised_units():
+    """720p uint8 [T, C, H, W] through the whole eval transform, against the reference filter
+    followed by uint8 rounding (as torchvision returns uint8 for uint8 input)."""
+    rng = np.random.default_rng(1)
+    clip = rng.integers(0, 256, (2, 3, 720, 1280), dtype=np.uint8)
+    out = make_eval_transform(256)(torch.from_numpy(clip))  # [C, T, 256, 256]
+    resized = np.clip(np.rint(_reference_resize(clip, 292, 519)), 0, 255)
+    top, left, _, _ = center_crop_box(292, 519, 256, 256)
+    crop = resized[..., top:top + 256, left:left + 256].transpose(1, 0, 2, 3) / 255.0
+    mean = np.array(IMAGENET_DEFAULT_MEAN)[:, None, None, None]
+    std = np.array(IMAGENET_DEFAULT_STD)[:, None, None, None]
+    diff = np.abs(out.numpy() - (crop - mean) / std)
+    one_level = 1 / 255 / min(IMAGENET_DEFAULT_STD)
+    assert diff.max() <= one_level + 1e-5  # a value on a rounding tie may land one level off
+    assert (diff > 1e-5).mean() < 1e-3
+
+
+def test_resize_numpy_path_is_cv2_bilinear_unchanged():
+    import cv2
+
+    clip = _gradient_clip(2, 480, 640) + _np_clip(2, 480, 640) // 8
+    out = Resize(292)(clip)
+    for t in range(2):
+        np.testing.assert_array_equal(out[t], cv2.resize(clip[t], (389, 292), interpolation=cv2.INTER_LINEAR))
+    assert Resize(292, antialias=True)(clip).tobytes() == out.tobytes()
+
+
 # ---------------------------------------------------------------- crop
 
 

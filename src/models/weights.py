@@ -8,6 +8,8 @@ A *model spec* is one of:
     holding the encoder is chosen as Meta's code does unless `checkpoint_key` names one).
   - a Hugging Face hub id (`facebook/vjepa2-vitl-fpc64-256`), fetched with huggingface_hub so
     its cache and `HF_HUB_OFFLINE` apply.
+A *probe spec* is a released probe file or `random:probe[,key=value...]` (seeded random weights;
+width and class count from the caller, e.g. the encoder and the class list, unless given).
 Loading is strict: missing, unexpected or mis-shaped keys are an error that names them.
 """
 from __future__ import annotations
@@ -251,13 +253,20 @@ def _parse_random_spec(spec: str) -> tuple[str, dict]:
     arch = arch.removesuffix("_rope").removesuffix("_384")
     if arch not in ARCHITECTURES:
         raise ModelSpecError(f"unknown architecture '{arch}' in '{spec}'; choose from {sorted(ARCHITECTURES)}")
+    return arch, _parse_options(options, spec)
+
+
+def _parse_options(options: list[str], spec: str) -> dict:
     overrides = {}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
             raise ModelSpecError(f"bad option '{option}' in '{spec}' (expected key=value)")
-        overrides[key.strip()] = float(value) if "." in value else int(value)
-    return arch, overrides
+        try:
+            overrides[key.strip()] = float(value) if "." in value else int(value)
+        except ValueError:
+            raise ModelSpecError(f"bad value in '{option}' of '{spec}' (expected a number)") from None
+    return overrides
 
 
 def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
@@ -560,17 +569,54 @@ def model_info(model: VisionTransformer) -> dict:
 
 
 # ----------------------------------------------------------------------------- probes
+_RANDOM_PROBE_OPTIONS = ("embed_dim", "num_classes", "depth", "num_heads", "mlp_ratio")
+
+
+def build_random_classifier(spec: str, embed_dim: int | None = None, num_classes: int | None = None,
+                            num_heads: int = 16, norm_eps: float = PROBE_NORM_EPS) -> AttentiveClassifier:
+    """Seeded random probe for `random:probe[,key=value...]` (keys: embed_dim, num_classes, depth,
+    num_heads, mlp_ratio); the spec's values win over the arguments. Same spec → same weights."""
+    name, *options = spec.removeprefix("random:").split(",")
+    if name.strip() not in ("", "probe"):
+        raise ModelSpecError(f"unknown random probe '{spec}': use random:probe[,key=value...]")
+    config = {"embed_dim": embed_dim, "num_classes": num_classes, "num_heads": num_heads,
+              **_parse_options(options, spec)}
+    unknown = sorted(set(config) - set(_RANDOM_PROBE_OPTIONS))
+    if unknown:
+        raise ModelSpecError(f"unknown option {unknown[0]!r} in '{spec}'; choose from {list(_RANDOM_PROBE_OPTIONS)}")
+    missing = [key for key in ("embed_dim", "num_classes") if config[key] is None]
+    if missing:
+        raise ModelSpecError(f"'{spec}' needs {' and '.join(missing)} (from the encoder and the class list, "
+                             "or given in the spec)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        try:
+            model = AttentiveClassifier(**config, norm_eps=norm_eps)
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            raise ModelSpecError(f"'{spec}': {exc or type(exc).__name__}") from None
+    logger.warning("RANDOM WEIGHTS (%s): this probe is untrained; its classes are random and mean "
+                   "nothing. Use it only for tests and offline smoke runs.", spec)
+    return model
+
+
 def load_classifier(
     path: str | Path,
     num_heads: int = 16,
     norm_eps: float = PROBE_NORM_EPS,
     device: str | torch.device = "cpu",
+    embed_dim: int | None = None,
+    num_classes: int | None = None,
 ) -> AttentiveClassifier:
-    """`AttentiveClassifier` from a released probe file (`classifiers[0]`, `module.` stripped).
+    """`AttentiveClassifier` from a released probe file (`classifiers[0]`, `module.` stripped),
+    or a seeded random one for `random:probe[,...]` (see `build_random_classifier`; `embed_dim`
+    and `num_classes` are used only there).
 
     Width, depth, MLP ratio and class count come from tensor shapes; the head count is not in
     the weights: released probes use 16 for every encoder size (also giant).
     """
+    if str(path).startswith("random:"):
+        model = build_random_classifier(str(path), embed_dim, num_classes, num_heads, norm_eps)
+        return model.to(device).eval()
     path = Path(path)
     if not path.is_file():
         raise ModelSpecError(f"{path}: no such probe file")
