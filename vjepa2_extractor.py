@@ -27,6 +27,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src import cli, features, frames, sharding
+from src import cli, embeddings_table, features, frames, sharding
 from src.inference import ClipEncoder, dtype_name, stored_layers
 from src.spatial import DEFAULT_MAX_TOKENS
 from src.windows import batches_by_key, check_frame_size, default_num_workers
@@ -399,12 +400,17 @@ def extract_directory(
     overwrite: bool = False,
     manifest: features.Manifest | None = None,
     progress: bool | None = None,
+    store: str = "tokens",
+    table: embeddings_table.TableWriter | None = None,
+    pooling: embeddings_table.Pooling | None = None,
 ) -> ExtractionSummary:
     """Encode ``rel_paths`` (this shard's images, relative to ``image_dir``) into chunk files.
 
     Chunk k of the sorted list goes to ``output_dir / chunk_name(i, N, k)``; complete chunks
     are skipped unless ``overwrite``. Unreadable images are logged, recorded as failed in the
     manifest and left out of their chunk. At most one chunk's features are held in memory.
+    With ``store`` "pooled" or "both", each image also becomes a row of ``table`` (its vector
+    pooled as ``pooling`` says); "pooled" writes no chunk files.
     """
     from tqdm import tqdm
 
@@ -418,6 +424,22 @@ def extract_directory(
     manifest = manifest if manifest is not None else features.Manifest(output_dir / "manifest.jsonl")
     extra = {"shard": shard_label}
     config = _chunk_config(encoder, image_frames)
+    model_info = encoder.describe(image_frames)
+    store_tokens = store != "pooled"
+    pooling = pooling or embeddings_table.Pooling()
+    if (table is None) != (store == "tokens"):
+        raise ValueError(f"store {store!r} {'needs' if table is None else 'takes no'} table")
+    if table is not None:
+        table.expect({"model": model_info["model_name"], "pooling": pooling.name, "img_size": encoder.crop,
+                      "clip_frames": image_frames, "spatial": encoder.spatial.mode,
+                      "generation": model_info.get("generation"), "output": model_info.get("output"),
+                      "layers": model_info.get("layers")})
+    items = {rel: str((image_dir / rel).resolve()) for rel in rel_paths}  # table identity: the image's path
+
+    def rows_missing(rels):
+        table.refresh()  # parts other processes wrote meanwhile
+        return [rel for rel in rels if overwrite or not table.has(items[rel])]
+
     paths = sorted(rel_paths)
     _check_no_foreign_chunks(output_dir, shard_index, num_shards, len(split_chunks(paths, chunk_size)))
     sizes = _image_sizes(encoder, image_dir, paths, image_frames) if encoder.spatial.mode == "full" else {}
@@ -429,8 +451,16 @@ def extract_directory(
         for k, group in enumerate(split_chunks(paths, chunk_size)):
             name = chunk_name(shard_index, num_shards, k)
             path = output_dir / name
-            existing = None if overwrite else _existing_chunk_keys(path, group, config)
+            existing = None if overwrite or not store_tokens else _existing_chunk_keys(path, group, config)
+            if not store_tokens and not rows_missing(group):
+                for rel in group:
+                    manifest.record(rel, str(table.dir), "skipped", extra=extra)
+                summary.skipped += len(group)
+                bar.update(len(group))
+                continue
             if existing is not None:
+                if table is not None:
+                    _pool_chunk_file(table, pooling, path, image_dir, items, existing)
                 for rel in group:
                     if rel in existing:
                         manifest.record(rel, name, "skipped", extra=extra)
@@ -445,7 +475,9 @@ def extract_directory(
                 continue
 
             with features.claim_output(path) as mine:
-                if not mine or (not overwrite and _existing_chunk_keys(path, group, config) is not None):
+                done = (_existing_chunk_keys(path, group, config) is not None if store_tokens
+                        else not rows_missing(group))
+                if not mine or (not overwrite and done):
                     # another process (e.g. a resubmitted array task) has it or just finished it
                     for rel in group:
                         manifest.record(rel, name, "skipped", error="written by another process", extra=extra)
@@ -453,8 +485,13 @@ def extract_directory(
                     summary.chunks_skipped += 1
                     bar.update(len(group))
                     continue
-                _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers,
-                              manifest, extra, summary, bar, sizes)
+                todo = group if store_tokens else rows_missing(group)
+                for rel in sorted(set(group) - set(todo)):
+                    manifest.record(rel, str(table.dir), "skipped", extra=extra)
+                    summary.skipped += 1
+                _encode_chunk(encoder, image_dir, todo, path, name, image_frames, batch_size, num_workers,
+                              manifest, extra, summary, bar, sizes, table=table, pooling=pooling, items=items,
+                              store_tokens=store_tokens, overwrite=overwrite)
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - start
@@ -488,11 +525,28 @@ def _image_sizes(encoder: ClipEncoder, image_dir: Path, paths: Sequence[str], im
     return sizes
 
 
+def _pool_chunk_file(table: embeddings_table.TableWriter, pooling: embeddings_table.Pooling, path: Path,
+                     image_dir: Path, items: dict, keys: set[str]) -> None:
+    """Table rows of a finished chunk that the table lacks (a run killed before they were written):
+    pooled from the chunk file, not re-encoded."""
+    with features.claim_output(path) as mine:
+        table.refresh()
+        if not mine or all(table.has(items[rel]) for rel in keys):
+            return
+        for rows in embeddings_table.rows_from_feature_file(path, pooling, image_dir):
+            if not table.has(rows[0]["item"]):
+                table.add(rows)
+        table.flush()
+        logger.info("%s: table rows pooled from the chunk file", path.name)
+
+
 def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers, manifest, extra,
-                  summary, bar, sizes) -> None:
-    """Decode, encode and save one chunk (the caller holds its claim). `sizes`: image sizes where the
-    grid depends on them (`full`): batches then hold one grid each."""
+                  summary, bar, sizes, table=None, pooling=None, items=None, store_tokens=True,
+                  overwrite=False) -> None:
+    """Decode, encode and save one chunk, and its table rows (the caller holds its claim). `sizes`:
+    image sizes where the grid depends on them (`full`): batches then hold one grid each."""
     chunk: dict[str, dict] = {}
+    pooled_only: list[str] = []  # images stored as table rows alone
     batches = batches_by_key([encoder.spatial.batch_key(sizes.get(rel)) for rel in group], batch_size)
     loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batches,
                          num_workers, str(encoder.device))
@@ -515,8 +569,21 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
                         "model_info": encoder.describe(image_frames, (h, w)),
                     },
                 }
+                if table is not None and (overwrite or not table.has(items[rel])):
+                    table.add(embeddings_table.build_rows(
+                        out[j], chunk[rel]["metadata"]["model_info"], chunk[rel]["metadata"], pooling, source=items[rel],
+                        token_file=str(path.resolve()) if store_tokens else None,
+                        extraction_time=datetime.now(timezone.utc)))
+                if not store_tokens:
+                    pooled_only.append(rel)
+                    del chunk[rel]  # only its row is kept
         bar.update(len(batch["index"]) + len(batch["errors"]))
     chunk = {rel: chunk[rel] for rel in group if rel in chunk}  # the list's order, whatever the batching
+    if table is not None:
+        table.flush()  # the chunk's rows are on disk before its claim goes
+        for rel in pooled_only:
+            manifest.record(rel, str(table.dir), "ok", extra=extra)
+        summary.done += len(pooled_only)
     if chunk:
         features.save_chunk(chunk, path)
         for rel in chunk:
@@ -524,7 +591,7 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
         summary.done += len(chunk)
         summary.chunks_written += 1
         logger.debug("wrote %s (%d images)", name, len(chunk))
-    else:
+    elif store_tokens:
         logger.warning("%s: every image of this chunk failed; no file written", name)
 
 
@@ -556,6 +623,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="process shard i of N (default: from RANK/WORLD_SIZE, SLURM_*, PBS_ARRAY_INDEX)")
     g.add_argument("--num_shards", type=int, default=None,
                    help="shard count; required with PBS_ARRAY_INDEX, a cross-check otherwise")
+    embeddings_table.add_table_arguments(p, "OUTPUT_DIR/embeddings")
     return p
 
 
@@ -567,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.num_workers is not None and args.num_workers < 0:
         raise cli.UsageError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.part_rows < 1:
+        raise cli.UsageError(f"--part_rows must be >= 1, got {args.part_rows}")
     try:
         shard_index, num_shards = sharding.resolve_shard(args.shard, args.num_shards)
     except ValueError as exc:
@@ -603,12 +673,18 @@ def main(argv: list[str] | None = None) -> int:
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+    table = None if args.store == "tokens" else embeddings_table.TableWriter(
+        args.table_dir or output_dir / "embeddings", (shard_index, num_shards), args.part_rows, overwrite=args.overwrite)
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]), embeddings_table.closing(table):
         summary = extract_directory(
             extractor.encoder, args.image_dir, mine, output_dir,
             shard=(shard_index, num_shards), image_frames=extractor.image_frames, chunk_size=args.chunk_size,
             batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
+            store=args.store, table=table, pooling=embeddings_table.pooling_from_args(args),
         )
+    if table is not None:
+        print(f"embeddings table: {table.dir} ({args.store}, {embeddings_table.pooling_from_args(args).name}; "
+              f"{table.rows_written} rows written)")
     logger.info(
         "shard %d/%d: %d done, %d skipped (already complete), %d failed in %.1f s (%.1f images/s); "
         "%d chunk(s) written, %d skipped → %s",

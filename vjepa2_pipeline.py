@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src import cli, sharding
+from src import cli, embeddings_table, sharding
 from src.features import outputs_written
 from src.frames import DEFAULT_FRAME_PATTERN
 from src.package import library_versions, write_package
@@ -75,6 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     vid.add_argument("--video_fps", type=float, default=None, help="default: the video's fps/frame_step, else 10")
     vid.add_argument("--mp4", action="store_true", help="H.264 MP4 (default if neither --mp4 nor --gif)")
     vid.add_argument("--gif", action="store_true")
+    # pictures need the token files, so the table comes with them (--store both) or not at all
+    embeddings_table.add_table_arguments(p, "OUTPUT_DIR/embeddings", stores=("tokens", "both"))
     pkg = p.add_argument_group("package")
     pkg.add_argument("--no_embeddings", action="store_true", help="leave the feature files out of the package")
     return p
@@ -174,6 +176,18 @@ def warn_leftovers(out: Path, pictures: list[Path]) -> None:
                            "delete them if unwanted", out / kind, len(stale), stale[0].name)
 
 
+def extract(extractor: SequentialVJEPA2Extractor, args, out: Path) -> dict:
+    if args.frame_dir:
+        return extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
+    try:  # the extractor opens the video before it loads the model
+        return extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
+                                       first_frame=args.first_frame, last_frame=args.last_frame)
+    except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
+        if isinstance(exc, cli.UsageError):
+            raise
+        raise cli.UsageError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
@@ -192,17 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
         compile=args.compile, overwrite=args.overwrite, layers=args.layers, num_heads=args.num_heads,
         spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
+        store=args.store,
+        pooling=embeddings_table.pooling_from_args(args), table_dir=args.table_dir or out / "embeddings",
+        part_rows=args.part_rows,
     )
-    if args.frame_dir:
-        summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
-    else:
-        try:  # the extractor opens the video before it loads the model
-            summary = extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
-                                              first_frame=args.first_frame, last_frame=args.last_frame)
-        except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
-            if isinstance(exc, cli.UsageError):
-                raise
-            raise cli.UsageError(str(exc)) from exc
+    with embeddings_table.closing(extractor):  # the table's last rows are written however extraction ends
+        summary = extract(extractor, args, out)
     timings["extraction_s"] = time.perf_counter() - start
     feature_files = [p for p in summary["outputs"] if p.exists()]
     if not feature_files:
@@ -227,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     files = {str(p.relative_to(out)): p for p in pictures}
     if not args.no_embeddings:
         files.update({f"features/{p.name}": p for p in feature_files})
+        if args.store != "tokens":
+            files.update({f"embeddings/{p.name}": p for p in embeddings_table.part_files(extractor.table_dir)})
     metadata = {
         "inputs": {"frame_dir": args.frame_dir, "video": args.video, "first_frame": args.first_frame,
                    "last_frame": args.last_frame, "frame_step": args.frame_step},

@@ -24,7 +24,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from src import cli, sharding
+from src import cli, embeddings_table, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps, read_image_size
 from src.inference import ClipEncoder, dtype_name, stored_layers
@@ -70,6 +70,10 @@ class SequentialVJEPA2Extractor:
         spatial: "center" (the centre crop) or "full" (the whole frame; see src/spatial.py).
         short_side: `full`: the short side frames are resized to (default: the crop size).
         max_tokens: refuse windows with more tokens than this (None: no limit).
+        store: "tokens" (feature files), "pooled" (rows of the embeddings table) or "both".
+        pooling: how the table's vectors are made (default: mean over tokens, L2-normalised).
+        table_dir: the embeddings table folder (default: `embeddings/` in the first output folder).
+        part_rows: table rows per Parquet part file.
     """
 
     def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", use_fp16: bool = False,
@@ -79,7 +83,9 @@ class SequentialVJEPA2Extractor:
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
                  shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
                  layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
-                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                 store: str = "tokens", pooling: embeddings_table.Pooling | None = None, table_dir=None,
+                 part_rows: int = embeddings_table.DEFAULT_PART_ROWS):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
             dtype = dtype_name(dtype, use_fp16)
@@ -103,6 +109,31 @@ class SequentialVJEPA2Extractor:
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
         self.fmt, self.overwrite, self.frame_pattern, self.allow_gaps = fmt, overwrite, frame_pattern, allow_gaps
         self.shard = shard
+        if store not in embeddings_table.STORE_CHOICES:
+            raise cli.UsageError(f"--store must be one of {embeddings_table.STORE_CHOICES}, got {store!r}")
+        if part_rows < 1:
+            raise cli.UsageError(f"--part_rows must be >= 1, got {part_rows}")
+        self.store, self.pooling = store, pooling or embeddings_table.Pooling()
+        self.table_dir, self.part_rows = table_dir, part_rows
+        self._table: embeddings_table.TableWriter | None = None
+        self._held = ExitStack()  # claims of windows whose rows are buffered, not yet in a part file
+
+    def table(self, output_dir: Path) -> embeddings_table.TableWriter | None:
+        """The embeddings table this extractor appends to (None when it stores tokens only)."""
+        if self.store == "tokens":
+            return None
+        if self._table is None:
+            self._table = embeddings_table.TableWriter(self.table_dir or Path(output_dir) / "embeddings", self.shard,
+                                                       self.part_rows, overwrite=self.overwrite)
+        return self._table
+
+    def close(self) -> None:
+        """Write the table rows still buffered (call once the inputs are done)."""
+        try:
+            if self._table is not None:
+                self._table.flush()
+        finally:
+            self._held.close()
 
     @property
     def encoder(self) -> ClipEncoder:
@@ -244,6 +275,16 @@ class SequentialVJEPA2Extractor:
             raise cli.UsageError(f"{path}: written by another run: {changed}; "
                                  "use another --output_dir or pass --overwrite")
 
+    def _check_same_frames(self, table, item: str, window, metadata_fn) -> None:
+        """A table row of this window written for other frames (another --frame_step, range or stride)
+        would be skipped as done: refuse, as for token files."""
+        meta = metadata_fn(window, None)
+        found = table.frames_of(item)
+        expected = (meta["start_frame"], meta["end_frame"])
+        if found is not None and tuple(found) != expected:
+            raise cli.UsageError(f"{table.dir}: row {item} written by another run: frames {found[0]}..{found[1]} "
+                                 f"(now {expected[0]}..{expected[1]}); use another table folder or pass --overwrite")
+
     # ------------------------------------------------------------------ the loop
     def _extract(self, source: str, windows, dataset, output_dir: Path, metadata_fn, batch_size,
                  sizes: list | None = None) -> dict:
@@ -256,22 +297,54 @@ class SequentialVJEPA2Extractor:
         outputs = {w.index: output_dir / f"window_{w.index:05d}.{self.fmt}" for w in windows}
         summary = {"source": source, "windows": len(windows), "ok": 0, "skipped": 0, "failed": 0,
                    "outputs": [outputs[i] for i in mine]}
-        pending, finished = [], []
+        pending, finished, to_pool = [], [], []  # to_pool: token file done, table row missing
         other_fmt = "safetensors" if self.fmt == "pt" else "pt"
+        table = self.table(output_dir)
+        store_tokens = self.store != "pooled"
+        if table is not None:
+            info = self.encoder.describe(self.window)
+            table.expect({"model": self.model_name, "pooling": self.pooling.name, "img_size": self.encoder.crop,
+                          "clip_frames": self.window, "spatial": self.encoder.spatial.mode,
+                          "generation": info.get("generation"),
+                          "output": info.get("output"), "layers": info.get("layers")})
+        items = {i: embeddings_table.item_id({**metadata_fn(windows[i], None), "window_idx": i}) for i in mine}
         for i in mine:
             other = outputs[i].with_suffix(f".{other_fmt}")
-            if other.exists():  # two formats side by side would hold every window twice
+            if store_tokens and other.exists():  # two formats side by side would hold every window twice
                 raise cli.UsageError(f"{other}: written by a --format {other_fmt} run, this one writes --format "
                                      f"{self.fmt}; use another --output_dir or remove the .{other_fmt} files")
-            record = None if self.overwrite else load_complete(outputs[i])
-            if record is None:
-                pending.append(i)
-            else:  # all checked before anything is recorded: a refused run leaves no trace
-                self._check_same_run(record, windows[i], metadata_fn, outputs[i])
+            tokens_done = row_done = True
+            if store_tokens:
+                record = None if self.overwrite else load_complete(outputs[i])
+                tokens_done = record is not None
+                if tokens_done:  # all checked before anything is recorded: a refused run leaves no trace
+                    self._check_same_run(record, windows[i], metadata_fn, outputs[i])
+            if table is not None:
+                row_done = not self.overwrite and table.has(items[i])
+                if row_done:
+                    self._check_same_frames(table, items[i], windows[i], metadata_fn)
+            if not store_tokens:
+                tokens_done = row_done  # no token file to pool from: a missing row is encoded
+            if tokens_done and row_done:
                 finished.append(i)
+            elif tokens_done:
+                to_pool.append(i)
+            else:
+                pending.append(i)
         manifest = Manifest(output_dir / "manifest.jsonl")
         for i in finished:
-            manifest.record(f"{source}#window{i}", outputs[i].name, "skipped", "already complete", extra=tag)
+            manifest.record(f"{source}#window{i}", outputs[i].name if store_tokens else str(table.dir), "skipped",
+                            "already complete", extra=tag)
+            summary["skipped"] += 1
+        for i in to_pool:  # the table row of a finished window: pooled from its token file, not re-encoded
+            if self._held.enter_context(claim_output(outputs[i])):
+                table.refresh()
+                if not table.has(items[i]):
+                    for rows in embeddings_table.rows_from_feature_file(outputs[i], self.pooling):
+                        if table.add(rows):
+                            self._held.close()
+            manifest.record(f"{source}#window{i}", outputs[i].name, "skipped",
+                            "already complete; table row pooled from the token file", extra=tag)
             summary["skipped"] += 1
         if summary["skipped"]:
             logger.info("%s: %d of %d windows already complete, skipped", source, summary["skipped"], len(mine))
@@ -302,10 +375,16 @@ class SequentialVJEPA2Extractor:
                     bar.update(len(batch["errors"]))
                     continue
                 with ExitStack() as claims:  # hold each window's claim from encode to save
+                    # ... and, for table rows, until the part holding them is written
+                    held = self._held if table is not None else claims
+                    if table is not None:
+                        table.refresh()  # parts other processes wrote meanwhile
                     keep = []
                     for j, k in enumerate(batch["windows"]):
                         path = outputs[windows[k].index]
-                        if claims.enter_context(claim_output(path)) and (self.overwrite or not is_complete(path)):
+                        done_elsewhere = ((not store_tokens or is_complete(path))
+                                          and (table is None or table.has(items[windows[k].index])))
+                        if held.enter_context(claim_output(path)) and (self.overwrite or not done_elsewhere):
                             keep.append(j)
                         else:  # another process over the same tree has it, or just finished it
                             manifest.record(f"{source}#window{windows[k].index}", path.name, "skipped",
@@ -331,8 +410,16 @@ class SequentialVJEPA2Extractor:
                                 "extraction_timestamp": datetime.now(timezone.utc).isoformat(),
                             },
                         }
-                        save_features(record, outputs[w.index], self.fmt)
-                        manifest.record(f"{source}#window{w.index}", outputs[w.index].name, "ok", extra=tag)
+                        if store_tokens:
+                            save_features(record, outputs[w.index], self.fmt)
+                        if table is not None and (self.overwrite or not table.has(items[w.index])):
+                            token_file = str(outputs[w.index].resolve()) if store_tokens else None
+                            if table.add(embeddings_table.build_rows(f, record["model_info"], record["metadata"],
+                                                                     self.pooling,
+                                                                     token_file=token_file)):
+                                self._held.close()  # rows on disk: the claims can go
+                        manifest.record(f"{source}#window{w.index}",
+                                        outputs[w.index].name if store_tokens else str(table.dir), "ok", extra=tag)
                         summary["ok"] += 1
                 bar.update(len(batch["windows"]) + len(batch["errors"]))
         elapsed = time.perf_counter() - start
@@ -366,6 +453,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     win.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     win.add_argument("--shard", default=None, help="i/N: this process's share of the windows")
     win.add_argument("--num_shards", type=int, default=None, help="shard count for PBS_ARRAY_INDEX")
+    embeddings_table.add_table_arguments(p, "OUTPUT_DIR/embeddings")
     return p
 
 
@@ -410,9 +498,23 @@ def main(argv: list[str] | None = None) -> int:
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
         layers=args.layers, num_heads=args.num_heads, spatial=args.spatial, short_side=args.short_side,
         max_tokens=args.max_tokens,
+        store=args.store, pooling=embeddings_table.pooling_from_args(args),
+        table_dir=args.table_dir or Path(args.output_dir) / "embeddings", part_rows=args.part_rows,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}
+    with embeddings_table.closing(extractor):  # buffered table rows are written however the loop ends
+        failed_inputs = _run_inputs(extractor, inputs, output_root, args, shard, totals)
+    if extractor.store != "tokens":
+        print(f"embeddings table: {extractor.table_dir} ({extractor.store}, {extractor.pooling.name})")
+    print(f"done: {totals['ok']} windows written, {totals['skipped']} already complete, "
+          f"{totals['failed']} windows failed, {failed_inputs} inputs failed → {output_root}")
+    return cli.EXIT_PARTIAL if totals["failed"] or failed_inputs else cli.EXIT_OK
+
+
+def _run_inputs(extractor, inputs, output_root: Path, args, shard, totals: dict) -> int:
+    """Each input in turn; returns the number of inputs that failed."""
+    failed_inputs = 0
     for position, (kind, path) in enumerate(inputs):
         # one input → its windows directly in output_dir; several → one sub-folder each
         out = output_root if len(inputs) == 1 else output_root / (path.stem if kind == "video" else path.name)
@@ -422,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 summary = extractor.process_video(path, out, frame_step=args.frame_step,
                                                   first_frame=args.first_frame, last_frame=args.last_frame)
-        except (OutputWriteError, ModelLoadError):
-            raise  # a full disk, a write error or no model stops the run (finished outputs stay intact)
+        except (OutputWriteError, ModelLoadError, embeddings_table.TableConfigError):
+            raise  # a full disk, a write error, no model or a table of another run stops the run (finished outputs stay intact)
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, cli.UsageError):
                 raise
@@ -442,9 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for key in totals:
             totals[key] += summary[key]
-    print(f"done: {totals['ok']} windows written, {totals['skipped']} already complete, "
-          f"{totals['failed']} windows failed, {failed_inputs} inputs failed → {output_root}")
-    return cli.EXIT_PARTIAL if totals["failed"] or failed_inputs else cli.EXIT_OK
+    return failed_inputs
 
 
 if __name__ == "__main__":

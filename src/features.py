@@ -342,6 +342,17 @@ def load_chunk(path: str | os.PathLike) -> dict:
     return chunk
 
 
+def load_any(path: str | os.PathLike) -> dict:
+    """A window record, or else an image chunk (both load memory-mapped, so trying is cheap)."""
+    path = Path(path)
+    try:
+        return load_features(path)
+    except ValueError:
+        if path.suffix == ".safetensors":
+            raise
+        return load_chunk(path)
+
+
 # --------------------------------------------------------------------------- completeness
 
 

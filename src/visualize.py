@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from src.features import load_chunk, load_features
+from src.features import load_any
 from src.frames import VideoReader, load_image
 from src.projection import Projection, fit_projection, sample_tokens
 from src.render import annotate, overlay, projection_image, token_colors_to_grids, write_png
@@ -87,23 +87,13 @@ def iter_feature_items(paths: list[Path]) -> Iterator[FeatureItem]:
     """Window files (.pt / .safetensors) and image chunk files, one item at a time (streamed)."""
     for path in paths:
         path = Path(path)
-        record = _load_any(path)
+        record = load_any(path)
         if "features" in record:
             meta = record.get("metadata", {})
             yield FeatureItem(path.stem, record["features"], meta, _grid_of(record, path), path)
         else:  # chunk: {relative_path: {"features", "metadata"}}
             for rel, entry in record.items():
                 yield FeatureItem(rel, entry["features"], entry.get("metadata", {}), _grid_of(entry, path), path)
-
-
-def _load_any(path: Path) -> dict:
-    """A window record, or else an image chunk (both load memory-mapped, so trying is cheap)."""
-    try:
-        return load_features(path)
-    except ValueError:
-        if path.suffix == ".safetensors":
-            raise
-        return load_chunk(path)
 
 
 def _grid_of(record: dict, path: Path) -> tuple[int, int, int]:
