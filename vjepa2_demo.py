@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         probe = load_classifier(args.probe, device=device, embed_dim=ours.embed_dim, num_classes=len(classes))
         if probe.embed_dim != ours.embed_dim:
             raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
-        check_encoder_record(args.probe, model_info(ours))  # a probe of vjepa2_probe.py names its encoder
+        if not args.probe.startswith("random:"):  # a probe of vjepa2_probe.py names its encoder
+            check_encoder_record(args.probe, model_info(ours))
         if probe.num_classes != len(classes):
             raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
 

