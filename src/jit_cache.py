@@ -115,12 +115,35 @@ def _enable_caching(module: ModuleType) -> int:
     return enabled
 
 
+@contextlib.contextmanager
+def _cached_by_default() -> Iterator[None]:
+    """``numba.njit``/``numba.jit`` default to ``cache=True`` inside the block: kernels with a
+    signature compile as they are decorated, at import, before :func:`_enable_caching` could
+    reach them (umap's random-number helpers: ~2 s a process on a quiet 2-core machine)."""
+    import numba
+
+    originals = numba.njit, numba.jit
+
+    def caching(decorator):
+        def decorate(*args, **kwargs):
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+        return decorate
+
+    numba.njit, numba.jit = caching(numba.njit), caching(numba.jit)
+    try:
+        yield
+    finally:
+        numba.njit, numba.jit = originals
+
+
 def import_umap() -> ModuleType:
     """``import umap`` with numba's on-disk cache on for every kernel umap/pynndescent may compile."""
     cache_dir()
     import importlib
 
-    import umap
+    with compile_time("import umap"), _cached_by_default():
+        import umap
 
     _guard_cache_saves()
     enabled = 0
