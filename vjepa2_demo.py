@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 r"""V-JEPA 2 demo: one video through transformers and through our encoder, compared, then classified.
 
+A V-JEPA 2.1 `--pt_model` runs through our encoder alone (transformers has no 2.1 model).
+
     python vjepa2_demo.py --video clip.mp4 --hf_model facebook/vjepa2-vitg-fpc64-384 \
         --pt_model vitg-384.pt --probe ssv2-vitg-384-64x2x3.pt
 
@@ -38,11 +40,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="hub id or local directory, loaded with transformers.AutoModel ('none' to skip)")
     p.add_argument("--pt_model", default=None,
                    help="original .pt checkpoint or any model spec (random:<arch>, directory, hub id)")
-    p.add_argument("--checkpoint_key", default="encoder", help="entry of the .pt to load (encoder/target_encoder)")
+    p.add_argument("--checkpoint_key", default=None,
+                   help="entry of the .pt to load (default: 'encoder' for 2.0, 'ema_encoder'/'target_encoder' for 2.1)")
     p.add_argument("--probe", default=None, help="attentive probe file (e.g. ssv2-vitg-384-64x2x3.pt)")
     p.add_argument("--video", default=None, help="video file (default: the kinetics-mini sample, fetched if reachable)")
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
-    p.add_argument("--img_size", type=int, default=None, help="crop size (default: the HF config's, else 256)")
+    p.add_argument("--img_size", type=int, default=None,
+                   help="crop size (default: the HF config's, else the model's: 384 for 2.1 files, 256 for 2.0)")
     p.add_argument("--classes", default=str(DEFAULT_CLASSES), help="class names: JSON {index: name} or CSV id,name")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
@@ -132,12 +136,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.probe and not args.pt_model:
         raise cli.UsageError("--probe needs --pt_model (the probe classifies our encoder's features)")
-    hf_model = None if args.hf_model.lower() == "none" else load_hf_model(args.hf_model, device)
-    crop = args.img_size or (hf_model.config.crop_size if hf_model is not None else 256)
-    ours = probe = None
-    if args.pt_model:
-        ours = load_encoder(args.pt_model, img_size=crop, num_frames=args.num_frames,
+    ours = probe = hf_model = None
+    if args.pt_model:  # ours first: its generation decides whether transformers can be compared
+        ours = load_encoder(args.pt_model, img_size=args.img_size, num_frames=args.num_frames,
                             checkpoint_key=args.checkpoint_key, device=device)
+    if args.hf_model.lower() != "none":
+        if ours is not None and ours.generation != "2.0":
+            print(f"transformers has no V-JEPA {ours.generation} model: comparison with {args.hf_model} skipped "
+                  "(pass --hf_model none to silence this)")
+        else:
+            hf_model = load_hf_model(args.hf_model, device)
+    crop = args.img_size or (hf_model.config.crop_size if hf_model is not None
+                             else ours.img_size if ours is not None else 256)
+    if ours is not None:
+        ours.img_size = crop  # nominal only (RoPE follows the input), but model_info reports it
     if args.probe:  # every check before any video is decoded or any model is run
         probe = load_classifier(args.probe, device=device)
         if probe.embed_dim != ours.embed_dim:

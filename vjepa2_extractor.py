@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-r"""V-JEPA 2 features for a folder of still images, written as chunk files.
+r"""V-JEPA 2 / 2.1 features for a folder of still images, written as chunk files.
 
     python vjepa2_extractor.py --image_dir images/ --output_dir features/ \
         --model facebook/vjepa2-vitg-fpc64-384 --image_frames 16 --batch_size 8
 
-Each image is repeated along time to ``--image_frames`` frames (the model is a video
-encoder; 16 frames → 8 temporal tokens, 2 frames → 1, the fast mode) and encoded to
-``[tokens, D]`` fp16 features. The sorted image list (of this shard) is cut into groups of
+A 2.1 model encodes each image as one frame through its image path (``--image_frames 1``,
+the default for 2.1: one temporal token). A 2.0 model is a video encoder only: each image is
+repeated along time to ``--image_frames`` frames (16 → 8 temporal tokens, 2 → 1, the fast
+mode; 2.1 models take this too). Features are ``[tokens, D]`` fp16. The sorted image list (of this shard) is cut into groups of
 ``--chunk_size``; group k is written atomically to
 ``features_shard{i:03d}of{N:03d}_chunk{k:05d}.pt`` as ``{relative_path: {"features",
 "metadata"}}``. A rerun skips complete chunks (resume after a kill), and
@@ -32,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src import cli, features, frames, sharding
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, stored_layers
 from src.windows import check_frame_size, default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
@@ -90,36 +91,43 @@ def aggregate_features(feats: torch.Tensor, method: str, spatial_grid: tuple[int
 
 
 class VJEPA2Extractor:
-    """Image → V-JEPA 2 features: each image is repeated to ``image_frames`` frames.
+    """Image → V-JEPA 2 features: one frame through a 2.1 model's image path, or the image
+    repeated to ``image_frames`` frames through the video path.
 
     Args:
         model_name: model spec (hub id, transformers directory, original .pt, ``random:<arch>``).
         device: "auto", "cpu", "cuda" (the local rank's GPU) or "cuda:N".
         use_fp16: compute in fp16 (ignored when ``dtype`` is given).
-        image_frames: frames per image (even, ≥ 2): 16 → 8 temporal tokens, 2 → 1 (fast).
+        image_frames: frames per image: 1 (2.1's image path; the default for 2.1 models) or
+            even ≥ 2, the image repeated along time (16 → 8 temporal tokens, 2 → 1; the
+            default for 2.0 models is 16). None: the model's default.
         dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto".
         img_size: crop size (default: the model's).
-        checkpoint_key: entry of an original .pt to load.
+        checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
+        layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
     """
 
     def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
-                 use_fp16: bool = False, image_frames: int = 16, dtype: str | None = None,
-                 img_size: int | None = None, checkpoint_key: str = "encoder", compile: bool = False):
-        if isinstance(image_frames, bool) or not isinstance(image_frames, (int, np.integer)) \
-                or image_frames < 2 or image_frames % 2:
-            raise ValueError(f"image_frames must be an even integer >= 2, got {image_frames!r}")
-        self.image_frames = int(image_frames)
+                 use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
+                 img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
+                 layers: str | list[int] = "last"):
+        check_image_frames(image_frames)
         if dtype is None:
             dtype = "fp16" if use_fp16 else "auto"
         self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype,
-                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile)
+                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers)
+        self.image_frames = resolve_image_frames(self.encoder, image_frames)
         tp, hp, wp = self.grid  # raises here if image_frames does not tile into tubelets
-        logger.info(
-            "each image is repeated to %d frames → %d temporal × %d×%d spatial = %d tokens per image (%s)",
-            self.image_frames, tp, hp, wp, tp * hp * wp,
-            "the fast mode" if tp == 1 else f"image_frames=2 is the fast mode: 1 temporal token, {tp}× fewer tokens",
-        )
+        if self.image_frames == 1:
+            logger.info("each image goes through the model's image path as one frame → %d×%d = %d tokens per image",
+                        hp, wp, hp * wp)
+        else:
+            logger.info(
+                "each image is repeated to %d frames → %d temporal × %d×%d spatial = %d tokens per image (%s)",
+                self.image_frames, tp, hp, wp, tp * hp * wp,
+                "the fast mode" if tp == 1 else f"image_frames=2 is the fast mode: 1 temporal token, {tp}× fewer tokens",
+            )
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -151,11 +159,34 @@ class VJEPA2Extractor:
         return aggregate_features(feats, method, (hp, wp))
 
 
+def check_image_frames(image_frames) -> None:
+    """``image_frames`` is None (the model's default), 1 (image path) or an even integer ≥ 2."""
+    if image_frames is None:
+        return
+    if isinstance(image_frames, bool) or not isinstance(image_frames, (int, np.integer)) \
+            or image_frames < 1 or (image_frames > 1 and image_frames % 2):
+        raise ValueError(f"image_frames must be 1 (a 2.1 model's image path) or an even integer >= 2, "
+                         f"got {image_frames!r}")
+
+
+def resolve_image_frames(encoder: ClipEncoder, image_frames: int | None) -> int:
+    """The frames per image for this model: 1 by default when it has an image path (2.1), else 16."""
+    check_image_frames(image_frames)
+    has_image_path = encoder.model.has_image_path
+    if image_frames is None:
+        return 1 if has_image_path else 16
+    if image_frames == 1 and not has_image_path:
+        raise ValueError(f"image_frames 1 needs a model with an image path (V-JEPA 2.1); "
+                         f"{encoder.spec} is V-JEPA {encoder.model.generation}: use 2 or 16")
+    return int(image_frames)
+
+
 def encode_frames(encoder: ClipEncoder, clips: torch.Tensor, image_frames: int) -> torch.Tensor:
     """Single preprocessed frames ``[B, C, 1, crop, crop]`` → fp16 ``[B, tokens, D]``.
 
-    Each frame is repeated to ``image_frames`` along T with ``expand`` (no copy here; the
-    encoder's device/dtype move materialises it).
+    With ``image_frames`` 1 the frame goes through the model's image path as it is; otherwise
+    it is repeated to ``image_frames`` along T with ``expand`` (no copy here; the encoder's
+    device/dtype move materialises it).
     """
     if clips.ndim != 5 or clips.shape[2] != 1:
         raise ValueError(f"expected single frames [B, C, 1, H, W], got shape {tuple(clips.shape)}")
@@ -292,10 +323,12 @@ def _existing_chunk_keys(path: Path, expected: Iterable[str], config: dict) -> s
         return None
     for entry in list(chunk.values())[:1]:
         meta = entry.get("metadata", {}) if isinstance(entry, dict) else {}
+        info = meta.get("model_info") or {}
         found = {
             "image_frames": meta.get("image_frames"),
             "grid": meta.get("grid"),
-            "model_name": (meta.get("model_info") or {}).get("model_name"),
+            "model_name": info.get("model_name"),
+            "layers": stored_layers(info),
         }
         if found != config:
             raise cli.UsageError(
@@ -353,7 +386,8 @@ def extract_directory(
     extra = {"shard": shard_label}
     tp, hp, wp = encoder.grid(image_frames)
     model_info = encoder.describe(image_frames)
-    config = {"image_frames": image_frames, "grid": [tp, hp, wp], "model_name": model_info["model_name"]}
+    config = {"image_frames": image_frames, "grid": [tp, hp, wp], "model_name": model_info["model_name"],
+              "layers": stored_layers(model_info)}
 
     paths = sorted(rel_paths)
     _check_no_foreign_chunks(output_dir, shard_index, num_shards, len(split_chunks(paths, chunk_size)))
@@ -420,6 +454,7 @@ def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_siz
                         "image_size": [h, w],
                         "crop_box": encoder.crop_box(h, w),
                         "image_frames": image_frames,
+                        "image_path": "image" if image_frames == 1 else "video (image repeated)",
                         "grid": [tp, hp, wp],
                         "model_info": model_info,
                     },
@@ -452,8 +487,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk_size", type=int, default=1000, help="images per chunk file")
     g.add_argument("--overwrite", action="store_true", help="recompute chunks that are already complete")
     g = p.add_argument_group("processing")
-    g.add_argument("--image_frames", type=int, choices=[2, 16], default=16,
-                   help="frames each image is repeated to: 16 → 8 temporal tokens, 2 → 1 (fast)")
+    g.add_argument("--image_frames", type=int, choices=[1, 2, 16], default=None,
+                   help="1: the image as one frame through a 2.1 model's image path (default for 2.1); "
+                        "16 (default for 2.0) or 2: the image repeated along time through the video path "
+                        "(16 → 8 temporal tokens, 2 → 1, fast)")
     g.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     g.add_argument("--num_workers", type=int, default=None,
                    help="image-decoding worker processes (0: in the main process; default: 0 on CPU, min(4, cores-1) on GPU)")
@@ -499,16 +536,19 @@ def main(argv: list[str] | None = None) -> int:
                        len(all_images))
         return cli.EXIT_OK
 
-    extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
-                                dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
-                                compile=args.compile)
+    try:
+        extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
+                                    dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
+                                    compile=args.compile, layers=args.layers)
+    except ValueError as exc:  # a bad spec, file, --layers or --image_frames for this model
+        raise cli.UsageError(str(exc)) from None
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm(loggers=[logging.getLogger()]):
         summary = extract_directory(
             extractor.encoder, args.image_dir, mine, output_dir,
-            shard=(shard_index, num_shards), image_frames=args.image_frames, chunk_size=args.chunk_size,
+            shard=(shard_index, num_shards), image_frames=extractor.image_frames, chunk_size=args.chunk_size,
             batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
         )
     logger.info(

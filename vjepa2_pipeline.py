@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
-        compile=args.compile, overwrite=args.overwrite,
+        compile=args.compile, overwrite=args.overwrite, layers=args.layers,
     )
     if args.frame_dir:
         summary = extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from src import cli, sharding
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, collate_windows, default_num_workers, plan_windows,
@@ -61,13 +61,15 @@ class SequentialVJEPA2Extractor:
         allow_gaps: proceed over missing frame numbers (reported either way).
         shard: (index, count) of the windows this process handles.
         compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
+        layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
     """
 
     def __init__(self, model_name: str = DEFAULT_HUB_MODEL, device: str = "auto", dtype: str = "auto",
                  img_size: int | None = None, window: int = 16, stride: int | None = None, batch_size: int = 1,
                  num_workers: int | None = None, tail: str = "pad", fmt: str = "pt", overwrite: bool = False,
                  frame_pattern: str = DEFAULT_FRAME_PATTERN, allow_gaps: bool = False,
-                 shard: tuple[int, int] = (0, 1), checkpoint_key: str = "encoder", compile: bool = False):
+                 shard: tuple[int, int] = (0, 1), checkpoint_key: str | None = None, compile: bool = False,
+                 layers: str | list[int] = "last"):
         try:  # validate window/stride/tail before loading a model
             plan_windows(window, window, stride, tail)
         except ValueError as exc:
@@ -82,7 +84,7 @@ class SequentialVJEPA2Extractor:
             raise ModelLoadError(str(exc)) from exc
         self._encoder: ClipEncoder | None = None
         self._encoder_args = dict(spec=model_name, device=device, dtype=dtype, img_size=img_size,
-                                  checkpoint_key=checkpoint_key, compile=compile)
+                                  checkpoint_key=checkpoint_key, compile=compile, layers=layers)
         self.model_name = model_name
         self.window, self.stride, self.batch_size, self.tail = window, stride or window, batch_size, tail
         self.num_workers = default_num_workers(cli.resolve_device(device)) if num_workers is None else num_workers
@@ -196,9 +198,11 @@ class SequentialVJEPA2Extractor:
         skipping it would mix features of two runs in one folder."""
         meta, info = record.get("metadata") or {}, record.get("model_info") or {}
         found = {"model": meta.get("model"), "img_size": info.get("img_size"),
-                 "frames": meta.get("frame_numbers")}
+                 "frames": meta.get("frame_numbers"),
+                 "layers": stored_layers(info)}
         expected = {"model": self.model_name, "img_size": self.encoder.crop,
-                    "frames": metadata_fn(window, None)["frame_numbers"]}
+                    "frames": metadata_fn(window, None)["frame_numbers"],
+                    "layers": stored_layers(self.encoder.describe(self.window))}
         if found != expected:
             def show(v):
                 return f"{v[0]}..{v[-1]}" if isinstance(v, list) and v else repr(v)
@@ -368,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
         tail=args.tail, fmt=args.format, overwrite=args.overwrite, frame_pattern=args.frame_pattern,
         allow_gaps=args.allow_gaps, shard=shard, checkpoint_key=args.checkpoint_key, compile=args.compile,
+        layers=args.layers,
     )
     output_root = Path(args.output_dir)
     failed_inputs, totals = 0, {"ok": 0, "skipped": 0, "failed": 0}

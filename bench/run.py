@@ -4,6 +4,7 @@ transformers, the extraction pipeline against the forward pass, image modes, pea
 
     python bench/run.py --quick            # a few minutes on a 2-core CPU
     python bench/run.py                    # fuller (~10 min): deeper models, more runs, more configurations
+    python bench/run.py --only v21         # V-JEPA 2.1 vs 2.0, 2.1's image path vs 16-frame images
     python bench/run.py --device cuda      # bf16 and fp16 encoder runs on the GPU, and the
                                            # model FLOPs utilisation of a full ViT-g/384 (bf16)
 
@@ -45,7 +46,7 @@ from src.models import vision_transformer as vt  # noqa: E402
 from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
 
 WINDOW = 16
-SECTIONS = ["memory", "matmul", "encoder", "pipeline", "images", "mfu"]
+SECTIONS = ["memory", "matmul", "encoder", "pipeline", "images", "v21", "mfu"]
 CLIP = (WINDOW, 256, 256)  # frames, height, width of the encoder benchmark input
 TOKENS = (WINDOW // 2) * (256 // 16) ** 2  # 2048
 log = logging.getLogger("bench")
@@ -387,6 +388,40 @@ def bench_images(model: str, device: str, count: int, batch_size: int, reps: int
             "ratio_2_vs_16": rates["image_frames_2"] / rates["image_frames_16"]}
 
 
+def bench_v21(depth: int, device: str, reps: int, image_count: int, tmp: Path) -> dict:
+    """V-JEPA 2.1 vs 2.0 at ViT-L width and the same depth (one 16-frame 256 px clip: what 2.1's
+    modality embedding, interleaved and interpolated RoPE and level norm cost), and 2.1's
+    1-frame image path vs images repeated to 16 (and 2) frames, in images/s."""
+    from vjepa2_extractor import VJEPA2Extractor
+
+    encoders = {gen: ClipEncoder(f"random:{arch},depth={depth}", device=device, img_size=CLIP[1])
+                for gen, arch in (("2.0", "vit_large"), ("2.1", "vjepa2_1_vit_large"))}
+    clip = torch.randn(1, 3, *CLIP)
+    times = time_calls({gen: (lambda e=e: e.encode(clip)) for gen, e in encoders.items()}, reps,
+                       encoders["2.0"].device)
+    tokens_per_s = {gen: TOKENS / statistics.median(t) for gen, t in times.items()}
+
+    images = make_frames(tmp / "v21_images", image_count)
+    spec = f"random:vjepa2_1_vit_large,depth={depth}"
+    extractors = {f: VJEPA2Extractor(model_name=spec, device=device, image_frames=f, img_size=CLIP[1])
+                  for f in (1, 2, 16)}
+
+    def run(f):
+        def fn():
+            for i in range(0, len(images), 4):
+                extractors[f].extract_batch(images[i:i + 4])
+        return fn
+
+    image_times = time_calls({f"image_frames_{f}": run(f) for f in extractors}, max(2, reps - 1),
+                             extractors[1].encoder.device)
+    images_per_s = {k: image_count / statistics.median(t) for k, t in image_times.items()}
+    return {"depth": depth, "clip": CLIP, "tokens_per_s": tokens_per_s,
+            "v21_vs_v20": tokens_per_s["2.1"] / tokens_per_s["2.0"],
+            "images": image_count, "image_size": CLIP[1], "images_per_s": images_per_s,
+            "image_path_vs_16_frames": images_per_s["image_frames_1"] / images_per_s["image_frames_16"],
+            "image_path_vs_2_frames": images_per_s["image_frames_1"] / images_per_s["image_frames_2"]}
+
+
 # ----------------------------------------------------------------------------- 4. peak memory
 _MEMORY_CHILD = textwrap.dedent("""
     import json, logging, resource, sys
@@ -506,6 +541,20 @@ def markdown(r: dict) -> str:
                   "| image_frames | images/s |", "|---|---|",
                   f"| 2 | {im['images_per_s']['image_frames_2']:.2f} |", f"| 16 | {im['images_per_s']['image_frames_16']:.2f} |",
                   "", f"image_frames 2 vs 16: **{im['ratio_2_vs_16']:.1f}×**"]
+    if "v21" in r:
+        v = r["v21"]
+        lines += ["", f"## V-JEPA 2.1 vs 2.0 (ViT-L width, depth {v['depth']}, random weights)", "",
+                  f"| encoder | tok/s ({v['clip'][0]}×{v['clip'][1]}×{v['clip'][2]} clip) |", "|---|---|",
+                  f"| 2.0 (`vit_large`) | {v['tokens_per_s']['2.0']:.0f} |",
+                  f"| 2.1 (`vjepa2_1_vit_large`) | {v['tokens_per_s']['2.1']:.0f} |",
+                  "", f"2.1 / 2.0: **{v['v21_vs_v20']:.2f}×**", "",
+                  f"2.1 images ({v['images']} images, {v['image_size']} px, batch 4):", "",
+                  "| image_frames | images/s |", "|---|---|"]
+        for k, rate in v["images_per_s"].items():
+            label = {"image_frames_1": "1 (image path)"}.get(k, k.removeprefix("image_frames_") + " (repeated, video path)")
+            lines.append(f"| {label} | {rate:.2f} |")
+        lines += ["", f"image path vs 16 frames: **{v['image_path_vs_16_frames']:.1f}×**, "
+                  f"vs 2 frames: **{v['image_path_vs_2_frames']:.2f}×**"]
     if "memory" in r:
         mem = r["memory"]
         lines += ["", f"## Peak memory of a sequential extraction ({mem['model']}, {mem['img_size']} px crop; fresh process each)", "",
@@ -555,6 +604,12 @@ def targets(r: dict) -> list[dict]:
         im = r["images"]
         out.append({"target": "image_frames=2 ≥ 6× the images/s of 16", "value": f"{im['ratio_2_vs_16']:.1f}×",
                     "met": im["ratio_2_vs_16"] >= 6})
+    if "v21" in r:
+        v = r["v21"]
+        out.append({"target": "2.1 encoder ≥ 0.9× the tokens/s of 2.0 (same width and depth)",
+                    "value": f"{v['v21_vs_v20']:.2f}×", "met": v["v21_vs_v20"] >= 0.9})
+        out.append({"target": "2.1 image path ≥ 6× the images/s of 16-frame images",
+                    "value": f"{v['image_path_vs_16_frames']:.1f}×", "met": v["image_path_vs_16_frames"] >= 6})
     if "memory" in r:
         out.append({"target": "peak RSS 100 windows ≤ 1.10× 10 windows", "value": f"{r['memory']['ratio_max_vs_min']:.3f}×",
                     "met": r["memory"]["ratio_max_vs_min"] <= 1.10})
@@ -659,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         if "images" in sections:
             log.info("images ...")
             r["images"] = bench_images(pipe_model, args.device, count=8, batch_size=4, reps=2, tmp=tmp)
+        if "v21" in sections:
+            log.info("V-JEPA 2.1 ...")
+            r["v21"] = bench_v21(depth, args.device, reps, image_count=8, tmp=tmp)
     r["load_after"] = load_average()
     r["targets"] = targets(r)
     out = Path(args.output_dir)

@@ -50,7 +50,12 @@ def common_parser() -> argparse.ArgumentParser:
                             "(default: %(default)s, a 4 GB download on first use)")
     group.add_argument("--img_size", type=int, default=None,
                        help="crop size (default: from the model config; 256 for .pt files)")
-    group.add_argument("--checkpoint_key", default="encoder", help="entry of an original .pt to load")
+    group.add_argument("--checkpoint_key", default=None,
+                       help="entry of an original .pt to load (default: the one Meta's code reads: 'encoder' "
+                            "for 2.0; 'ema_encoder' for 2.1 B/L, 'target_encoder' for 2.1 g/G)")
+    group.add_argument("--layers", default="last", type=_layers_arg,
+                       help="what is stored: last (the model's output), hierarchical (4 levels on channels, 4·D) "
+                            "or block indices such as 2,5,8,11 (each level normed as the model's generation does)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="compute dtype (auto: bf16 on GPUs with native bf16, else fp16; fp32 on CPU)")
@@ -58,6 +63,16 @@ def common_parser() -> argparse.ArgumentParser:
                        help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
     group.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
     return parser
+
+
+def _layers_arg(text: str) -> str:
+    from src.inference import parse_layers
+
+    try:
+        parse_layers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--layers {text!r}: ")) from None
+    return text
 
 
 def setup_logging(debug: bool = False) -> None:

@@ -17,6 +17,30 @@ from src.models.weights import load_encoder, model_info
 logger = logging.getLogger(__name__)
 
 
+LAYER_CHOICES = ("last", "hierarchical")
+
+
+def parse_layers(text: str) -> str | list[int]:
+    """`--layers` value: "last", "hierarchical" or block indices "2,5,8,11" (negative from the end)."""
+    text = str(text).strip()
+    if text in LAYER_CHOICES:
+        return text
+    try:
+        layers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers {text!r}: use 'last', 'hierarchical' or block indices such as 2,5,8,11") from None
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"--layers {text!r}: a block is listed twice")
+    return layers
+
+
+def stored_layers(info: dict) -> str | list[int]:
+    """What a feature file's `model_info` says was stored, for resume checks: "last" (also for
+    files from before `--layers`), "hierarchical", or the block indices."""
+    output = info.get("output", "last")
+    return output if output in LAYER_CHOICES else list(info.get("layers") or [])
+
+
 def to_device_keep_broadcast(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`x.to(device, dtype, non_blocking=True)`, keeping expanded (stride-0) dimensions expanded.
 
@@ -42,13 +66,17 @@ class ClipEncoder:
         device: "auto", "cpu", "cuda", "cuda:N".
         dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
         img_size: crop size; default from the model's config (256 for bare .pt files).
-        checkpoint_key: entry of an original .pt to load.
+        checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
         compile: run the forward pass through `torch.compile` (off by default: see
             bench/PERFORMANCE.md for what it gains and what the first call costs).
+        layers: what is stored: "last" (the model's default output), "hierarchical" (the 4
+            levels concatenated on channels, 4·D: 2.1's `return_hierarchical`; for 2.0 the same
+            blocks through its one `norm`) or a list of block indices (`out_layers` semantics:
+            each normed as the generation does it, concatenated on channels in the given order).
     """
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
-                 checkpoint_key: str = "encoder", compile: bool = False):
+                 checkpoint_key: str | None = None, compile: bool = False, layers: str | list[int] = "last"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
@@ -60,6 +88,14 @@ class ClipEncoder:
             torch.cuda.set_device(self.device)
         self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device,
                                   dtype=self.dtype)
+        self.layers = parse_layers(layers) if isinstance(layers, str) else [int(i) for i in layers]
+        if self.layers == "hierarchical":
+            self.model.return_hierarchical = True
+            self.layer_indices = list(self.model.hierarchical_layers)
+        elif self.layers == "last":
+            self.layer_indices = [self.model.depth - 1]
+        else:
+            self.layer_indices = self.model.resolve_layers(self.layers)  # raises for blocks the model lacks
         self._warned_nonfinite = False
         self.compiled = bool(compile)
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
@@ -67,13 +103,19 @@ class ClipEncoder:
         self._forward = torch.compile(self.model) if self.compiled else self.model
         self.crop = self.model.img_size
         self.transform = make_eval_transform(self.crop)
-        logger.info("encoder %s: width %d, depth %d, %d heads, crop %d, %s on %s", spec, self.model.embed_dim,
-                    self.model.depth, self.model.num_heads, self.crop, str(self.dtype).removeprefix("torch."),
-                    self.device)
+        logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, crop %d, %s on %s; storing %s (%d wide)",
+                    spec, self.model.generation, self.model.embed_dim, self.model.depth, self.model.num_heads,
+                    self.crop, str(self.dtype).removeprefix("torch."), self.device, self.output_kind
+                    + ("" if self.layers == "last" else f" blocks {self.layer_indices}"), self.embed_dim)
+
+    @property
+    def output_kind(self) -> str:
+        return self.layers if isinstance(self.layers, str) else "layers"
 
     @property
     def embed_dim(self) -> int:
-        return self.model.embed_dim
+        """Width of the stored features: D, or D × the number of levels stored."""
+        return self.model.embed_dim * (1 if self.layers == "last" else len(self.layer_indices))
 
     def grid(self, num_frames: int) -> tuple[int, int, int]:
         """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames at the crop size."""
@@ -98,7 +140,10 @@ class ClipEncoder:
         uploaded once and expanded again on the device rather than materialised on the host.
         """
         x = to_device_keep_broadcast(clips, self.device, self.dtype)
-        feats = self._forward(x).to(torch.float16)
+        if isinstance(self.layers, list):
+            feats = torch.cat(self._forward(x, out_layers=self.layer_indices), dim=-1).to(torch.float16)
+        else:  # last, or hierarchical (the model concatenates its levels)
+            feats = self._forward(x).to(torch.float16)
         if self.dtype != torch.float32 and not self._warned_nonfinite and not torch.isfinite(feats).all():
             # fp16 compute can overflow (65504) inside a deep ViT; say so once rather than store inf/NaN quietly
             self._warned_nonfinite = True
@@ -115,5 +160,9 @@ class ClipEncoder:
             "num_output_temporal": tp,
             "spatial_patches": [hp, wp],
             "patch_dim": self.embed_dim,
+            "output": self.output_kind,
+            "layers": self.layer_indices,
+            "level_norm": "norms_block" if self.model.has_norms_block else "norm",
+            "image_path": self.model.uses_image_path(num_frames),
             "compute_dtype": str(self.dtype).removeprefix("torch."),
         }

@@ -90,10 +90,15 @@ def test_extract_batch_equals_single_calls(ex16):
     assert (batch[0] - batch[1]).abs().max() > 1e-2  # different images differ
 
 
-@pytest.mark.parametrize("frames", [0, 1, 3, 15, -2, 2.0])
+@pytest.mark.parametrize("frames", [0, 3, 15, -2, 2.0])
 def test_image_frames_must_be_even(frames):
-    with pytest.raises(ValueError, match="even integer >= 2"):
+    with pytest.raises(ValueError, match="1 .* or an even integer >= 2"):
         vx.VJEPA2Extractor("random:tiny", device="cpu", image_frames=frames, img_size=32)
+
+
+def test_one_image_frame_needs_an_image_path():
+    with pytest.raises(ValueError, match="image_frames 1 needs a model with an image path .*V-JEPA 2.0: use 2 or 16"):
+        vx.VJEPA2Extractor("random:tiny", device="cpu", image_frames=1, img_size=32)
 
 
 def test_aggregation_shapes_and_values(ex16):

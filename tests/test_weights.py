@@ -78,7 +78,7 @@ def test_hf_directory_wrong_width_is_an_error(tmp_path):
 
 def test_missing_key_in_checkpoint_lists_available(tmp_path):
     torch.save({"predictor": {}, "epoch": 1}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match=r"no 'encoder' entry; it has epoch, predictor"):
+    with pytest.raises(CheckpointError, match=r"no encoder entry \(looked for encoder, target_encoder, ema_encoder\); it has epoch, predictor"):
         load_encoder(str(tmp_path / "x.pt"))
 
 

@@ -4,7 +4,8 @@ A *model spec* is one of:
   - `random:<arch>[,key=value...]`  seeded random weights (e.g. `random:vit_large`,
     `random:tiny`, `random:vit_giant_xformers,depth=2`): offline smoke runs, tests, benchmarks.
   - a local directory in the transformers layout (`config.json` + `*.safetensors`).
-  - an original `.pt`/`.pth`/`.tar` checkpoint (`encoder` / `target_encoder` inside).
+  - an original `.pt`/`.pth`/`.tar` checkpoint, 2.0 or 2.1 (told apart by its keys; the entry
+    holding the encoder is chosen as Meta's code does unless `checkpoint_key` names one).
   - a Hugging Face hub id (`facebook/vjepa2-vitl-fpc64-256`), fetched with huggingface_hub so
     its cache and `HF_HUB_OFFLINE` apply.
 Loading is strict: missing, unexpected or mis-shaped keys are an error that names them.
@@ -19,14 +20,22 @@ from pathlib import Path
 import torch
 
 from src.models.attentive_pooler import AttentiveClassifier, PROBE_NORM_EPS
-from src.models.vision_transformer import ARCHITECTURES, FACTORIES, VisionTransformer
+from src.models.vision_transformer import ARCHITECTURES, FACTORIES, V2_1_OPTIONS, VisionTransformer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HUB_MODEL = "facebook/vjepa2-vitg-fpc64-384"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 # Released widths → heads. Width alone cannot tell 16 from 22 heads for giant: the table can.
-HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22, 1664: 26, 192: 3}
+HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16, 1408: 22, 1664: 26, 192: 3}
+# Entries of an original .pt that may hold the encoder, in the order tried when none is named:
+# 2.0 files are read from `encoder` (as Meta's demo does); 2.1's hub reads `ema_encoder` for the
+# distilled B/L (width ≤ 1024) and `target_encoder` for g/G.
+ENCODER_KEYS_V2_0 = ("encoder", "target_encoder", "ema_encoder")
+ENCODER_KEYS_V2_1_SMALL = ("ema_encoder", "target_encoder", "encoder")
+ENCODER_KEYS_V2_1_LARGE = ("target_encoder", "ema_encoder", "encoder")
+# Keys only a 2.1 encoder has (after prefix stripping).
+V2_1_KEY_MARKERS = ("norms_block.", "patch_embed_img.", "video_mod_embed", "img_mod_embed")
 RANDOM_SEED = 0
 
 
@@ -173,7 +182,9 @@ def classifier_from_hf(state_dict: dict) -> dict:
 
 
 def hf_config_dict(encoder: VisionTransformer) -> dict:
-    """transformers `VJEPA2Config` arguments describing our encoder."""
+    """transformers `VJEPA2Config` arguments describing our (2.0) encoder."""
+    if encoder.generation != "2.0":
+        raise ValueError(f"transformers has no V-JEPA {encoder.generation} model: only 2.0 encoders convert")
     return dict(
         patch_size=encoder.patch_size,
         tubelet_size=encoder.tubelet_size,
@@ -183,7 +194,7 @@ def hf_config_dict(encoder: VisionTransformer) -> dict:
         num_hidden_layers=encoder.depth,
         num_attention_heads=encoder.num_heads,
         mlp_ratio=encoder.mlp_ratio,
-        layer_norm_eps=encoder.norm.eps,
+        layer_norm_eps=encoder.norm_eps,
         qkv_bias=encoder.blocks[0].attn.qkv.bias is not None if len(encoder.blocks) else True,
     )
 
@@ -236,7 +247,7 @@ def _parse_random_spec(spec: str) -> tuple[str, dict]:
     body = spec.removeprefix("random:")
     arch, *options = body.split(",")
     arch = arch.strip() or "tiny"
-    arch = arch.removesuffix("_rope")
+    arch = arch.removesuffix("_rope").removesuffix("_384")
     if arch not in ARCHITECTURES:
         raise ModelSpecError(f"unknown architecture '{arch}' in '{spec}'; choose from {sorted(ARCHITECTURES)}")
     overrides = {}
@@ -254,7 +265,7 @@ def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         try:
-            model = FACTORIES[arch](img_size=img_size or 256, num_frames=num_frames, **overrides)
+            model = FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides)
         except TypeError as exc:
             raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
     logger.warning(
@@ -265,8 +276,18 @@ def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int
     return model
 
 
+def checkpoint_generation(state_dict: dict) -> str:
+    """"2.1" if any key only a 2.1 encoder has is present (then every 2.1 key must be), else "2.0"."""
+    return "2.1" if any(k.startswith(V2_1_KEY_MARKERS) for k in state_dict) else "2.0"
+
+
 def infer_architecture(state_dict: dict) -> dict:
-    """Architecture arguments from tensor shapes of an (unprefixed) original encoder state dict."""
+    """Architecture arguments from tensor shapes of an (unprefixed) original encoder state dict.
+
+    The generation comes from the keys (`checkpoint_generation`); a 2.1 file gets all of 2.1's
+    options, so a file missing some 2.1 keys fails the strict load naming them, never loads
+    as 2.0 (and a 2.0 file never as 2.1).
+    """
     if "patch_embed.proj.weight" not in state_dict:
         raise CheckpointError(
             f"no 'patch_embed.proj.weight' among the keys ({_key_list(sorted(state_dict), 6)}): "
@@ -284,10 +305,13 @@ def infer_architecture(state_dict: dict) -> dict:
         heads = max(1, width // 64)
         logger.warning("width %d is not a released V-JEPA 2 width; assuming %d heads of 64", width, heads)
     qkv_bias = f"blocks.{blocks[0]}.attn.qkv.bias" in state_dict
-    return dict(
+    arch = dict(
         embed_dim=width, depth=blocks[-1] + 1, num_heads=heads, mlp_ratio=mlp_ratio,
         patch_size=patch, tubelet_size=tubelet, in_chans=in_chans, qkv_bias=qkv_bias,
     )
+    if checkpoint_generation(state_dict) == "2.1":
+        arch.update(V2_1_OPTIONS)
+    return arch
 
 
 def _load_pickle_free(path: Path) -> object:
@@ -297,33 +321,74 @@ def _load_pickle_free(path: Path) -> object:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
+def _peek_encoder(entry) -> tuple[str, int] | None:
+    """(generation, width) of an encoder state dict held in a checkpoint entry, else None."""
+    if not isinstance(entry, dict):
+        return None
+    keys = strip_prefixes(dict.fromkeys(map(str, entry)))
+    weight = next((v for k, v in entry.items() if str(k).endswith("patch_embed.proj.weight")), None)
+    if weight is None or not hasattr(weight, "shape"):
+        return None
+    return checkpoint_generation(keys), int(weight.shape[0])
+
+
+def choose_checkpoint_key(ckpt: dict, path: Path) -> str:
+    """The entry of an original checkpoint to read when none is named, as Meta's code reads it:
+    `encoder` for 2.0; `ema_encoder` for 2.1 B/L, `target_encoder` for 2.1 g/G; falling back
+    to whichever of these the file holds."""
+    present = {k: info for k in dict.fromkeys((*ENCODER_KEYS_V2_0, *ENCODER_KEYS_V2_1_SMALL))
+               if k in ckpt and (info := _peek_encoder(ckpt[k])) is not None}
+    if not present:
+        raise CheckpointError(
+            f"{path}: no encoder entry (looked for {', '.join(ENCODER_KEYS_V2_0)}); it has "
+            f"{_key_list(sorted(map(str, ckpt)))} (name one with --checkpoint_key)")
+    generation, width = next(iter(present.values()))
+    order = (ENCODER_KEYS_V2_0 if generation == "2.0"
+             else ENCODER_KEYS_V2_1_SMALL if width <= 1024 else ENCODER_KEYS_V2_1_LARGE)
+    key = next(k for k in order if k in present)
+    logger.info("%s: V-JEPA %s encoder %d wide; reading '%s' (the entry Meta's code uses%s; "
+                "--checkpoint_key chooses another)", path.name, generation, width, key,
+                "" if key == order[0] else f" is '{order[0]}', absent here")
+    return key
+
+
 def load_original_checkpoint(
-    path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str = "encoder"
+    path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str | None = None
 ) -> VisionTransformer:
-    """Encoder from an original V-JEPA 2 `.pt` (architecture inferred from tensor shapes)."""
+    """Encoder from an original V-JEPA 2 / 2.1 `.pt` (generation from the keys, architecture
+    from tensor shapes). `checkpoint_key` None: the entry Meta's code reads (see
+    `choose_checkpoint_key`); a bare encoder state dict also loads."""
     path = Path(path)
     ckpt = _load_pickle_free(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if checkpoint_key in ckpt:
-        state_dict = ckpt[checkpoint_key]
-    elif any(k.endswith("patch_embed.proj.weight") for k in ckpt):
-        state_dict = ckpt  # a bare encoder state dict
+    if checkpoint_key is None and any(str(k).endswith("patch_embed.proj.weight") for k in ckpt):
+        checkpoint_key, state_dict = "(bare state dict)", ckpt
     else:
-        raise CheckpointError(
-            f"{path}: no '{checkpoint_key}' entry; it has {_key_list(sorted(map(str, ckpt)))}"
-            " (pass checkpoint_key='target_encoder' for evaluation weights)"
-        )
+        if checkpoint_key is None:
+            checkpoint_key = choose_checkpoint_key(ckpt, path)
+        if checkpoint_key not in ckpt:
+            raise CheckpointError(
+                f"{path}: no '{checkpoint_key}' entry; it has {_key_list(sorted(map(str, ckpt)))}"
+                " (choose one with --checkpoint_key, or leave it out to pick the encoder entry automatically)"
+            )
+        state_dict = ckpt[checkpoint_key]
+        if not isinstance(state_dict, dict):
+            raise CheckpointError(f"{path}: entry '{checkpoint_key}' is a {type(state_dict).__name__}, "
+                                  "not an encoder state dict")
     state_dict = strip_prefixes(state_dict)
     if state_dict.pop("pos_embed", None) is not None:
         logger.info("%s: ignoring 'pos_embed' (RoPE encoders use no learned positions)", path)
     arch = infer_architecture(state_dict)
+    generation = "2.1" if arch.get("norms_block") else "2.0"
     if img_size is None:
-        img_size = 256
-        logger.info("%s: no crop size given; using 256 (pass img_size=384 for 384 px checkpoints)", path.name)
+        img_size = 384 if generation == "2.1" else 256
+        logger.info("%s: no crop size given; using %d (%s)", path.name, img_size,
+                    "all released 2.1 encoders are 384 px" if generation == "2.1"
+                    else "pass img_size=384 for 384 px checkpoints")
     model = VisionTransformer(img_size=img_size, num_frames=num_frames, **arch)
-    load_state_dict_strict(model, state_dict, f"{path} ['{checkpoint_key}']")
-    logger.info("loaded %s['%s']: width %d, depth %d, %d heads", path.name, checkpoint_key,
+    load_state_dict_strict(model, state_dict, f"{path} ['{checkpoint_key}'] (V-JEPA {generation})")
+    logger.info("loaded %s['%s']: V-JEPA %s, width %d, depth %d, %d heads", path.name, checkpoint_key, generation,
                 arch["embed_dim"], arch["depth"], arch["num_heads"])
     return model
 
@@ -413,7 +478,7 @@ def load_encoder(
     spec: str,
     img_size: int | None = None,
     num_frames: int = 16,
-    checkpoint_key: str = "encoder",
+    checkpoint_key: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> VisionTransformer:
@@ -440,6 +505,7 @@ def model_info(model: VisionTransformer) -> dict:
     return dict(
         model_name=getattr(model, "model_spec", "unknown"),
         random_weights=bool(getattr(model, "is_random", False)),
+        generation=model.generation,
         embed_dim=model.embed_dim,
         depth=model.depth,
         num_heads=model.num_heads,
