@@ -10,7 +10,9 @@ from vjepa2_extractor.py. A chunk's keys are image paths relative to that run's 
 the same folder as --image_root for the overlays (or --no_overlay for projections only). One
 projection is fitted on a sample of all given files, so colours agree across them. Overlays sit
 exactly on the region the features cover (the covered box in each file's metadata: the centre crop,
-or the whole frame for `--spatial full` features, on any grid), with `--alpha` opacity. Pictures are named after the window file or image, so inputs with the same
+or the whole frame for `--spatial full` features, on any grid), with `--alpha` opacity. The fitted
+projection is saved in OUTPUT_DIR/projection/ and reused by a rerun on the same files with the same
+settings (`--overwrite` refits). Pictures are named after the window file or image, so inputs with the same
 names (windows of two runs) write the same files: the later input's pictures replace the earlier.
 
 Exit codes: 0 done, 1 internal error, 2 bad arguments (nothing drawn), 3 finished but some items
@@ -21,7 +23,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from src import cli
 from src.features import outputs_written
@@ -50,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="for image chunks: the folder given to vjepa2_extractor.py --image_dir")
     p.add_argument("--umap_sample", type=int, default=20000, help="tokens sampled to fit the projection")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="refit the projection even if OUTPUT_DIR/projection holds one fitted on the same files "
+                        "with the same settings (reused by default)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -122,15 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         scan = scan_inputs(files, image_root, check_sources=not args.no_overlay)  # metadata only
         warn_clashes(scan, out)
         check_chunk_sources(scan, image_root)
-        projection = fit_projections(files, [args.method], args.umap_sample, args.seed, args.n_neighbors,
-                                     args.min_dist, args.metric)[args.method]
+        with outputs_written(out):
+            projection = fit_projections(files, [args.method], args.umap_sample, args.seed, args.n_neighbors,
+                                         args.min_dist, args.metric, save_dir=out / "projection",
+                                         overwrite=args.overwrite)[args.method]
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
+    started, transform_s = time.perf_counter(), 0.0
     source = FrameSource(image_root)
     written: set[Path] = set()  # distinct files: inputs with the same item names write the same ones
     failed, chunk_missing = 0, 0
-    for item in iter_feature_items(files):
+    for item in tqdm(iter_feature_items(files), unit="item", desc="pictures", disable=None):
+        start = time.perf_counter()
         grids = token_grids(item, projection)
+        transform_s += time.perf_counter() - start
         ids, frames = [], []
         if not args.no_overlay:
             try:
@@ -144,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             written.update(write_token_pictures(item, grids, ids, frames, out, args.method, args.alpha,
                                                 with_overlay=bool(frames), annotate_frames=args.annotate))
     source.close()
+    logger.info("pictures drawn in %.1f s (%.1f s of it projecting tokens to colours)",
+                time.perf_counter() - started, transform_s)
     if chunk_missing and image_root is None:
         logger.warning("%d image-chunk source image(s) not found relative to the current folder: %s",
                        chunk_missing, HINT)

@@ -7,12 +7,16 @@
 Extraction runs in-process (the sequential extractor, resumable); one projection per method is
 fitted once on a sample of all tokens of the run, so colours agree across windows and time; every
 source frame becomes exactly one animation frame, its token's colours overlaid on the region the
-features cover (the centre crop, or the whole frame with `--spatial full`). Output: features/, <method>_projection/, <method>_overlay/, original/,
-videos/, package/ (metadata.json + the files) and <name>_package.zip.
+features cover (the centre crop, or the whole frame with `--spatial full`). Output: features/,
+projection/ (the fitted projections), <method>_projection/, <method>_overlay/, original/, videos/,
+package/ (metadata.json + the files) and <name>_package.zip. A rerun into the same folder keeps
+whatever is finished and still matches its inputs and settings (features, projections, pictures,
+package); --overwrite redoes everything.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -27,7 +31,8 @@ from src.frames import DEFAULT_FRAME_PATTERN
 from src.package import library_versions, write_package
 from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
 from src.visualize import (
-    FrameSource, fit_projections, frame_label, iter_feature_items, token_grids, write_token_pictures,
+    FrameSource, digest, finished_outputs, fit_projections, frame_label, iter_feature_items, projection_keys,
+    record_outputs, token_grids, write_token_pictures,
 )
 from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
 
@@ -52,8 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--num_workers", type=int, default=None)
     src.add_argument("--allow_gaps", action="store_true")
     src.add_argument("--overwrite", action="store_true",
-                     help="recompute feature files already in OUTPUT_DIR/features (kept by default when they "
-                          "match this run's model, crop, --spatial and frames; a mismatch stops the run)")
+                     help="redo everything: recompute feature files already in OUTPUT_DIR/features (kept by default "
+                          "when they match this run's model, crop, --spatial and frames; a mismatch stops the run), "
+                          "refit the projection and redraw the pictures (kept by default when features and settings match)")
     vis = p.add_argument_group("pictures")
     vis.add_argument("--umap_visualization", action="store_true",
                      help="UMAP PNGs per temporal token (with no picture or video flag at all: UMAP and PCA)")
@@ -112,9 +118,12 @@ def check_args(args) -> None:
         raise cli.UsageError(f"--umap_sample must be at least 10, got {args.umap_sample}")
 
 
-def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, args, fps: float) -> list[Path]:
-    """Stream windows: PNGs per temporal token, one animation frame per source frame."""
+def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, args, fps: float,
+           timings: dict) -> list[Path]:
+    """Stream windows: PNGs per temporal token, one animation frame per source frame. Adds the
+    seconds spent projecting tokens to colours to `timings["transform_s"]`."""
     written: list[Path] = []
+    timings.setdefault("transform_s", 0.0)
     source = FrameSource()
     emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
     with ExitStack() as stack:
@@ -130,7 +139,9 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
         for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
                          disable=None):
             meta = item.metadata
+            start = time.perf_counter()
             grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
+            timings["transform_s"] += time.perf_counter() - start
             ids, frames = source.frames(item)
             box = meta["crop_box"]
             for m in todo["pngs"]:
@@ -162,6 +173,22 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                         writer.append(image)
     source.close()
     return written
+
+
+def video_fps(feature_files: list[Path], args) -> float:
+    """--video_fps, else the video's frame rate over --frame_step, else 10."""
+    first_meta = next(iter_feature_items(feature_files[:1])).metadata
+    if args.video_fps:
+        return args.video_fps
+    return first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0
+
+
+def packaged_key(package_dir: Path) -> str | None:
+    """The package_key of the package in `package_dir` (None if there is none, or it is unreadable)."""
+    try:
+        return json.loads((package_dir / "metadata.json").read_text()).get("package_key")
+    except (OSError, ValueError):
+        return None
 
 
 def warn_leftovers(out: Path, pictures: list[Path]) -> None:
@@ -217,23 +244,39 @@ def main(argv: list[str] | None = None) -> int:
     if not feature_files:
         raise cli.UsageError(f"no windows could be extracted from {args.frame_dir or args.video}")
 
-    start = time.perf_counter()
-    projections = fit_projections(feature_files, todo["methods"], args.umap_sample, args.seed,
-                                  args.n_neighbors, args.min_dist, args.metric)
-    timings["projection_fit_s"] = time.perf_counter() - start
-    logger.info("projection fitted in %.1f s; drawing %s", timings["projection_fit_s"],
-                " + ".join([f"{m} PNGs" for m in todo["pngs"]] + [f"{v} video" for v in todo["views"]]) or "nothing")
-
-    first_meta = next(iter_feature_items(feature_files[:1])).metadata
-    fps = args.video_fps or (first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0)
-    start = time.perf_counter()
-    with outputs_written(out):
-        pictures = render(feature_files, projections, todo, out, args, fps)
-    timings["render_s"] = time.perf_counter() - start
-    logger.info("%d pictures/videos written in %.1f s", len(pictures), timings["render_s"])
+    fps = video_fps(feature_files, args)
+    keys = projection_keys(feature_files, todo["methods"], args.umap_sample, args.seed, args.n_neighbors,
+                           args.min_dist, args.metric)
+    pictures_key = digest({"projections": keys, "plan": todo, "fps": fps, **{k: getattr(args, k) for k in (
+        "alpha", "annotate", "original_images", "no_independent_videos")}})
+    record = out / "projection" / "pictures.json"
+    pictures = None if args.overwrite else finished_outputs(record, pictures_key, out)
+    if pictures is not None:
+        logger.info("pictures and videos: all %d already drawn with these features and settings, kept (%s)",
+                    len(pictures), record)
+    else:
+        record.unlink(missing_ok=True)  # from here until the new record the pictures are unfinished
+        start = time.perf_counter()
+        with outputs_written(out):
+            projections = fit_projections(feature_files, todo["methods"], args.umap_sample, args.seed,
+                                          args.n_neighbors, args.min_dist, args.metric, save_dir=out / "projection",
+                                          overwrite=args.overwrite)
+        timings["projection_fit_s"] = time.perf_counter() - start
+        logger.info("projection ready in %.1f s; drawing %s", timings["projection_fit_s"],
+                    " + ".join([f"{m} PNGs" for m in todo["pngs"]] + [f"{v} video" for v in todo["views"]])
+                    or "nothing")
+        start = time.perf_counter()
+        with outputs_written(out):
+            pictures = render(feature_files, projections, todo, out, args, fps, timings)
+            record_outputs(record, pictures_key, pictures, out)
+        timings["render_s"] = time.perf_counter() - start
+        logger.info("%d pictures/videos written in %.1f s (%.1f s of it projecting tokens to colours)",
+                    len(pictures), timings["render_s"], timings["transform_s"])
 
     warn_leftovers(out, pictures)
     files = {str(p.relative_to(out)): p for p in pictures}
+    files.update({f"projection/{p.name}": p for p in sorted((out / "projection").glob("*.npz"))
+                  if p.stem in todo["methods"]})
     if not args.no_embeddings:
         files.update({f"features/{p.name}": p for p in feature_files})
         if args.store != "tokens":
@@ -248,8 +291,16 @@ def main(argv: list[str] | None = None) -> int:
                     "failed": summary["failed"]},
         "library_versions": library_versions(), "timings_s": timings,
     }
-    with outputs_written(out):
-        write_package(out / "package", files, metadata, zip_path=out / f"{out.name}_package.zip")
+    # The package's own identity: the files it holds (as they are on disk) and what they show.
+    metadata["package_key"] = digest({"files": {name: [p.stat().st_size, p.stat().st_mtime_ns]
+                                                for name, p in files.items()},
+                                      **{k: metadata[k] for k in ("inputs", "model", "plan", "video_fps")}})
+    zip_path = out / f"{out.name}_package.zip"
+    if not args.overwrite and zip_path.is_file() and packaged_key(out / "package") == metadata["package_key"]:
+        logger.info("package: %s and %s already hold these files, kept", out / "package", zip_path)
+    else:
+        with outputs_written(out):
+            write_package(out / "package", files, metadata, zip_path=zip_path)
     print(f"pipeline done: {summary['ok'] + summary['skipped']} windows, {len(pictures)} pictures/videos, "
           f"package {out / 'package'} and {out / f'{out.name}_package.zip'}")
     if extractor.encoder.model.is_random:

@@ -9,16 +9,19 @@ tokens (Gaussian clusters with random centres in D dims, a shared offset, unit-s
 noise, per-window cluster mix), stored as float16 window feature files (.pt via
 src.features.save_features) in a temporary folder, like a real run.
 
-Variants, each in its own subprocess (so peak memory is its own):
+Variants, each in a fresh subprocess (so peak memory and imports are its own):
   unified-umap  sample_tokens(files) -> fit_projection("umap") -> transform window by window
   unified-pca   the same with method="pca"
   naive-umap    load every window, umap.UMAP(...).fit_transform on all raw tokens
-Each subprocess first times a small UMAP fit+transform (5000 x 32, cosine) to compile
-numba's kernels; that is reported as "JIT s" and left out of the other times.
-Peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the subprocess
-(resident set, includes the interpreter, torch and numba); "base MB" is the same
-read after the imports, "JIT MB" after the warm-up (numba/LLVM keep ~250 MB), so
-"peak - JIT" is what the projection work itself added.
+Each UMAP variant runs twice: "cold" with an empty numba cache folder (NUMBA_CACHE_DIR, a fresh
+temporary folder: what a first run on a new machine pays), then "warm" on the folder the cold run
+filled (every later process). Both import umap through src.jit_cache (numba's on-disk cache on for
+the umap/pynndescent kernels); "compile s" is the time numba spent compiling inside the process
+(src.jit_cache.compile_time), included in the other times. "process s" is the subprocess's wall
+time from start to exit (interpreter, imports, data loading, the work, the ARI evaluation);
+"work s" is from the first feature read to the last colour.
+Peak memory is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the subprocess (resident set,
+includes the interpreter, torch and numba); "base MB" is the same read after the imports.
 ARI: KMeans(k = true clusters, n_init=10, random_state=0) on the 3-D embedding of
 every token vs the generating cluster labels.
 """
@@ -79,20 +82,6 @@ def make_data(directory: Path, windows: int, tokens: int, dim: int, clusters: in
 # --------------------------------------------------------------------------- worker
 
 
-def warm_up() -> float:
-    """A small seeded UMAP fit+transform (big enough for NN-descent) to compile numba."""
-    import umap
-
-    rng = np.random.default_rng(123)
-    x = (rng.normal(size=(5000, 32)) + 4 * rng.normal(size=(4, 32))[rng.integers(0, 4, 5000)]).astype(np.float32)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = umap.UMAP(n_components=3, metric="cosine", random_state=0).fit(x[:4500])
-        model.transform(x[4500:])
-    return time.perf_counter() - start
-
-
 def ari(embedding: np.ndarray, labels: np.ndarray, clusters: int) -> float:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
@@ -102,65 +91,73 @@ def ari(embedding: np.ndarray, labels: np.ndarray, clusters: int) -> float:
 
 
 def worker(variant: str, data: Path, sample_size: int, clusters: int, seed: int) -> dict:
-    import umap  # noqa: F401  (imports counted in the baseline)
+    from src.jit_cache import compile_time, import_umap
 
-    from src.features import load_features
-    from src.projection import fit_projection, sample_tokens
+    with compile_time("bench") as compiled:
+        start_imports = time.perf_counter()
+        umap = import_umap()  # with a cold cache this compiles pynndescent's eagerly typed kernels
+        from src.features import load_features
+        from src.projection import fit_projection, sample_tokens
 
-    paths = sorted(data.glob("window_*.pt"))
-    labels = np.concatenate([np.load(p) for p in sorted(data.glob("labels_*.npy"))])
-    result = {"variant": variant, "base_mb": rss_mb()}
-    result["jit_s"] = warm_up()
-    result["jit_mb"] = rss_mb()
+        result = {"variant": variant, "import_s": time.perf_counter() - start_imports, "base_mb": rss_mb()}
+        paths = sorted(data.glob("window_*.pt"))
+        labels = np.concatenate([np.load(p) for p in sorted(data.glob("labels_*.npy"))])
 
-    start = time.perf_counter()
-    if variant.startswith("unified"):
-        method = variant.split("-")[1]
-        sample = sample_tokens(paths, sample_size, seed=seed)
-        t_sample = time.perf_counter()
-        proj = fit_projection(sample, method=method, seed=seed)
-        del sample
-        t_fit = time.perf_counter()
-        embedding, digest = [], hashlib.sha256()
-        for path in paths:
-            emb = proj.transform(load_features(path)["features"])
-            digest.update(proj.to_rgb(emb).tobytes())
-            embedding.append(emb)
-        embedding = np.concatenate(embedding)
-        t_end = time.perf_counter()
-        result.update(fitted_tokens=int(min(sample_size, len(labels))), sample_or_load_s=t_sample - start,
-                      fit_s=t_fit - t_sample, transform_s=t_end - t_fit, colours_sha256=digest.hexdigest())
-    else:
-        import umap
-
-        x = np.concatenate([load_features(p)["features"].numpy() for p in paths]).astype(np.float32)
-        t_load = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = umap.UMAP(n_components=3, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
-            embedding = model.fit_transform(x)
-        t_end = time.perf_counter()
-        result.update(fitted_tokens=int(len(x)), sample_or_load_s=t_load - start,
-                      fit_s=t_end - t_load, transform_s=0.0)
-    result["total_s"] = t_end - start
+        start = time.perf_counter()
+        if variant.startswith("unified"):
+            method = variant.split("-")[1]
+            sample = sample_tokens(paths, sample_size, seed=seed)
+            t_sample = time.perf_counter()
+            proj = fit_projection(sample, method=method, seed=seed)
+            del sample
+            t_fit = time.perf_counter()
+            embedding, digest = [], hashlib.sha256()
+            for path in paths:
+                emb = proj.transform(load_features(path)["features"])
+                digest.update(proj.to_rgb(emb).tobytes())
+                embedding.append(emb)
+            embedding = np.concatenate(embedding)
+            t_end = time.perf_counter()
+            result.update(fitted_tokens=int(min(sample_size, len(labels))), sample_or_load_s=t_sample - start,
+                          fit_s=t_fit - t_sample, transform_s=t_end - t_fit, colours_sha256=digest.hexdigest())
+        else:
+            x = np.concatenate([load_features(p)["features"].numpy() for p in paths]).astype(np.float32)
+            t_load = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = umap.UMAP(n_components=3, n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
+                embedding = model.fit_transform(x)
+            t_end = time.perf_counter()
+            result.update(fitted_tokens=int(len(x)), sample_or_load_s=t_load - start,
+                          fit_s=t_end - t_load, transform_s=0.0)
+    result["work_s"] = t_end - start
+    result["compile_s"] = compiled.seconds
+    result["compiled_functions"] = len(compiled.functions)
     result["peak_mb"] = rss_mb()  # before KMeans, which is evaluation, not projection
     result["ari"] = ari(embedding, labels, clusters)
     result["tokens"] = int(len(labels))
     return result
 
 
-def run_worker(variant: str, data: Path, args: argparse.Namespace) -> dict:
+def run_worker(variant: str, cache: str, cache_dir: Path, data: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", variant, "--_data", str(data),
            "--sample_size", str(args.sample_size), "--clusters", str(args.clusters), "--seed", str(args.seed)]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO, env=env)
     except subprocess.TimeoutExpired:
-        return {"variant": variant, "error": f"timed out after {args.timeout} s"}
+        return {"variant": variant, "cache": cache, "error": f"timed out after {args.timeout} s"}
     if proc.returncode != 0:
-        return {"variant": variant, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        return {"variant": variant, "cache": cache,
+                "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["cache"] = cache
     result["process_s"] = time.perf_counter() - start
+    try:
+        result["load_average"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     return result
 
 
@@ -191,19 +188,32 @@ def machine_info() -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| variant | tokens fitted | JIT s | sample/load s | fit s | transform s | total s (no JIT) "
-            "| base MB | JIT MB | peak MB | peak - JIT MB | ARI |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| variant | cache | tokens fitted | import s | sample/load s | fit s | transform s | work s "
+            "| compile s (in the above) | process s | base MB | peak MB | ARI | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {r['variant']} | – | – | – | – | – | {r['error']} | – | – | – | – | – |")
+            rows.append(f"| {r['variant']} | {r['cache']} | – | – | – | – | – | {r['error']} | – | – | – | – | – | – |")
             continue
         rows.append(
-            f"| {r['variant']} | {r['fitted_tokens']} | {r['jit_s']:.1f} | {r['sample_or_load_s']:.1f} | "
-            f"{r['fit_s']:.1f} | {r['transform_s']:.1f} | {r['total_s']:.1f} | {r['base_mb']:.0f} | "
-            f"{r['jit_mb']:.0f} | {r['peak_mb']:.0f} | {r['peak_mb'] - r['jit_mb']:.0f} | {r['ari']:.3f} |"
+            f"| {r['variant']} | {r['cache']} | {r['fitted_tokens']} | {r['import_s']:.1f} | "
+            f"{r['sample_or_load_s']:.1f} | {r['fit_s']:.1f} | {r['transform_s']:.1f} | {r['work_s']:.1f} | "
+            f"{r['compile_s']:.1f} | {r['process_s']:.1f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | "
+            f"{r['ari']:.3f} | {r.get('load_average', float('nan')):.1f} |"
         )
     return "\n".join(rows)
+
+
+def speedups(results: list[dict]) -> dict:
+    """naive / unified UMAP time, per cache state: work (after imports) and whole process."""
+    found = {(r["variant"], r["cache"]): r for r in results if "error" not in r}
+    out = {}
+    for cache in ("cold", "warm"):
+        naive, unified = found.get(("naive-umap", cache)), found.get(("unified-umap", cache))
+        if naive and unified:
+            out[cache] = {"work": round(naive["work_s"] / unified["work_s"], 2),
+                          "process": round(naive["process_s"] / unified["process_s"], 2)}
+    return out
 
 
 def main() -> int:
@@ -235,18 +245,26 @@ def main() -> int:
               file=sys.stderr)
         results = []
         for variant in variants:
-            print(f"running {variant} ...", file=sys.stderr)
-            results.append(run_worker(variant, Path(tmp), args))
+            caches = ["cold", "warm"] if variant.endswith("umap") else ["warm"]
+            cache_dir = Path(tmp) / f"numba_{variant}"  # empty: this variant's cold run fills it
+            if caches == ["warm"]:
+                cache_dir = Path(tmp) / "numba_unified-umap"
+            for cache in caches:
+                print(f"running {variant} ({cache} numba cache) ...", file=sys.stderr)
+                results.append(run_worker(variant, cache, cache_dir, Path(tmp), args))
     machine = machine_info()
     try:
         machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
     report = {"machine": machine, "config": config,
-              "memory": "ru_maxrss (MiB) of each variant's own subprocess; jit_mb after the warm-up",
-              "results": results}
+              "memory": "ru_maxrss (MiB) of each variant's own subprocess; base_mb after the imports",
+              "speedup_naive_over_unified_umap": speedups(results), "results": results}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
+    for cache, ratio in report["speedup_naive_over_unified_umap"].items():
+        print(f"\nunified UMAP vs naive, {cache} cache: {ratio['work']}x faster (work), "
+              f"{ratio['process']}x (whole process)")
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

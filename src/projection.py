@@ -15,11 +15,14 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from src.jit_cache import compile_time, import_umap
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +30,12 @@ METHODS = ("pca", "umap")
 PERCENTILES = (1.0, 99.0)
 # Rows per matmul block in transform: bounds the float64 temporaries.
 _CHUNK_ROWS = 8192
-_NPZ_FORMAT = "vjepa2-projection-pca-v1"
-# UMAP.transform runs 100 epochs for batches of <= 10 000 rows and 30 above;
-# fixed chunks below that keep the schedule the same for every batch size.
+_NPZ_FORMATS = ("vjepa2-projection-pca-v1", "vjepa2-projection-v2")  # v2 adds UMAP; v1 still loads
+# Fit samples up to this size get exact neighbours (blocked matrix products, ~M^2 x 50 flops)
+# passed to UMAP as precomputed: no NN-descent, so none of pynndescent's kernels to compile.
+EXACT_KNN_MAX_SAMPLE = 30_000
+# Rows per UMAP.transform call: bounds its graph temporaries. (With n_epochs set, as
+# fit_projection does, transform runs n_epochs // 3 epochs whatever the batch size.)
 _UMAP_CHUNK_ROWS = 4096
 # Tokens merged into the running sample at a time (bounds sample_tokens' overhead).
 _SAMPLE_BLOCK = 4096
@@ -231,9 +237,10 @@ class Projection:
         # Training row 0 is its own exact neighbour at distance 0, i.e. weight 1 (see
         # _pin_umap_transform); leading every chunk with it pins the batch maximum.
         anchor = self.umap_model._raw_data[:1]
-        for start in range(0, reduced.shape[0], _UMAP_CHUNK_ROWS):
-            block = np.concatenate([anchor, reduced[start : start + _UMAP_CHUNK_ROWS]])
-            out[start : start + _UMAP_CHUNK_ROWS] = _umap_call(self.umap_model, block)[1:]
+        with compile_time("UMAP transform"):
+            for start in range(0, reduced.shape[0], _UMAP_CHUNK_ROWS):
+                block = np.concatenate([anchor, reduced[start : start + _UMAP_CHUNK_ROWS]])
+                out[start : start + _UMAP_CHUNK_ROWS] = _umap_call(self.umap_model, block)[1:]
         return out
 
     # ----------------------------------------------------------------- public
@@ -279,60 +286,128 @@ class Projection:
     # ----------------------------------------------------------------- persistence
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a PCA projection as ``.npz`` (no pickle). UMAP is not supported."""
-        if self.method != "pca":
-            # A fitted UMAP (search index, numba closures) can only be pickled,
-            # and pickle must never be loaded from disk; refit instead.
-            raise NotImplementedError("saving a UMAP projection needs pickle; refit it from a sample")
+        """Write the projection as ``.npz`` (arrays and JSON only, no pickle), atomically.
+
+        A UMAP projection is stored as what its transform needs: the PCA-reduced fit sample, its
+        embedding and the curve parameters a/b; :meth:`load` rebuilds the model from them, and
+        its colours are byte-identical to the fitted one's.
+        """
         path = Path(path)
-        with open(path, "wb") as handle:  # a handle: np.savez would append ".npz"
-            np.savez(
-                handle,
-                format=np.array(_NPZ_FORMAT),
-                method=np.array(self.method),
-                mean=self.mean,
-                components=self.components,
-                lo=self.lo,
-                hi=self.hi,
-                explained_variance_ratio=(
-                    np.array([]) if self.explained_variance_ratio is None else self.explained_variance_ratio
-                ),
-                params=np.array(json.dumps(self.params)),
-            )
+        arrays = {
+            "format": np.array(_NPZ_FORMATS[-1]), "method": np.array(self.method), "mean": self.mean,
+            "components": self.components, "lo": self.lo, "hi": self.hi,
+            "explained_variance_ratio": (
+                np.array([]) if self.explained_variance_ratio is None else self.explained_variance_ratio
+            ),
+            "params": np.array(json.dumps(self.params)),
+        }
+        if self.method == "umap":
+            if self.params.get("metric") not in _ExactKNN.METRICS:
+                # its transform needs pynndescent's search index, which only pickle can store
+                raise NotImplementedError(f"saving a UMAP projection with metric {self.params.get('metric')!r} "
+                                          f"(only {_ExactKNN.METRICS} can be saved); refit it from a sample")
+            arrays.update(umap_raw_data=np.asarray(self.umap_model._raw_data, dtype=np.float32),
+                          umap_embedding=np.asarray(self.umap_model.embedding_, dtype=np.float32),
+                          umap_ab=np.array([self.umap_model._a, self.umap_model._b], dtype=np.float64))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz"
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Projection":
-        """Read a projection written by :meth:`save`."""
+        """Read a projection written by :meth:`save` (ValueError if the file is not one)."""
         path = Path(path)
-        with np.load(path, allow_pickle=False) as data:
-            if "format" not in data or str(data["format"]) != _NPZ_FORMAT:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a saved projection ({exc})") from None
+        with data:
+            if "format" not in data or str(data["format"]) not in _NPZ_FORMATS:
                 raise ValueError(f"{path}: not a saved projection")
+            method, params = str(data["method"]), json.loads(str(data["params"]))
+            umap_model = None
+            if method == "umap":
+                umap_model = _rebuild_umap(params, data["umap_raw_data"], data["umap_embedding"], data["umap_ab"])
             evr = data["explained_variance_ratio"]
             return cls(
-                method=str(data["method"]),
+                method=method,
                 mean=data["mean"],
                 components=data["components"],
                 lo=data["lo"],
                 hi=data["hi"],
-                params=json.loads(str(data["params"])),
+                umap_model=umap_model,
+                params=params,
                 explained_variance_ratio=evr if evr.size else None,
             )
 
 
+def _umap_estimator(params: dict) -> Any:
+    """An unfitted ``umap.UMAP`` with the settings in a projection's ``params``."""
+    umap = import_umap()
+    return umap.UMAP(n_components=params["n_components"], n_neighbors=params["n_neighbors"],
+                     min_dist=params["min_dist"], metric=params["metric"], random_state=params["seed"],
+                     transform_seed=params["seed"], n_epochs=params.get("n_epochs"))
+
+
+def _rebuild_umap(params: dict, raw_data: np.ndarray, embedding: np.ndarray, ab: np.ndarray) -> Any:
+    """A UMAP model ready to transform, from the arrays :meth:`Projection.save` stored: the
+    attributes ``UMAP.fit`` leaves that ``UMAP.transform`` reads (umap-learn 0.5)."""
+    model = _umap_estimator(params)
+    model._raw_data = np.ascontiguousarray(raw_data, dtype=np.float32)
+    model.knn_indices = model.knn_dists = model.knn_search_index = None
+    model._initial_alpha = model.learning_rate
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        model._validate_parameters()  # metric functions, disconnection distance, …
+    model.embedding_ = np.ascontiguousarray(embedding, dtype=np.float32)
+    model._a, model._b = float(ab[0]), float(ab[1])
+    model._n_neighbors = params["n_neighbors"]
+    model._sparse_data = False
+    _pin_umap_transform(model, params["metric"])
+    return model
+
+
+def _init_graph_transform(graph: Any, embedding: np.ndarray) -> np.ndarray:
+    """What ``umap.umap_.init_graph_transform`` computes, vectorised (it loops over rows in Python:
+    ~0.5 ms a token, most of a transform's time): each new token starts at the weighted mean of its
+    neighbours' embedding positions, at a neighbour's position when its weight is exactly 1 (the
+    token is in the fit sample), NaN without neighbours. Per row, so independent of batch-mates."""
+    graph = graph.tocsr()
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))  # [nnz] row of each edge
+    weights = graph.data.astype(np.float64)
+    row_sum = np.bincount(rows, weights=weights, minlength=graph.shape[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = np.zeros((graph.shape[0], embedding.shape[1]), dtype=np.float64)
+        np.add.at(result, rows, (weights / row_sum[rows])[:, None] * embedding[graph.indices])
+    exact = np.nonzero(graph.data == 1)[0]
+    exact_rows, first = np.unique(rows[exact], return_index=True)  # the first weight-1 edge of a row
+    result[exact_rows] = embedding[graph.indices[exact[first]]]
+    result[row_sum == 0] = np.nan
+    return result.astype(np.float32)
+
+
 def _umap_call(model: Any, x: np.ndarray) -> np.ndarray:
-    """``model.transform(x)`` as float32, on one numba thread."""
+    """``model.transform(x)`` as float32, on one numba thread, with the vectorised start positions."""
     import numba
+    import umap.umap_
 
     # A seeded UMAP is meant to run single-threaded; transform does not enforce
     # that itself (fit restores the thread count), so do it here.
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
+    slow_init = umap.umap_.init_graph_transform
+    umap.umap_.init_graph_transform = _init_graph_transform  # read by UMAP.transform as a module global
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*n_jobs value.*")
             return np.asarray(model.transform(x), dtype=np.float32)
     finally:
+        umap.umap_.init_graph_transform = slow_init
         numba.set_num_threads(threads)
 
 
@@ -430,12 +505,16 @@ def fit_projection(
     pca_dim: int = 50,
     seed: int = 0,
     svd_solver: str = "covariance_eigh",
+    n_epochs: int = 200,
 ) -> Projection:
     """Fit a projection on a token sample ``[M, D]`` (e.g. from :func:`sample_tokens`).
 
     ``pca``: ``n_components`` sign-fixed principal components. ``umap``: PCA to
     ``min(pca_dim, D, M)`` dims, then UMAP to ``n_components`` (seeded, so
-    single-threaded and reproducible). Colour scaling (1st/99th percentiles of
+    single-threaded and reproducible; ``n_epochs`` layout epochs, UMAP's own choice for
+    samples over 10 000 tokens, fixed so that a smaller sample does not cost 2.5x more (UMAP
+    would take 500), and ``n_epochs // 3`` for every transformed batch). Samples of up to
+    ``EXACT_KNN_MAX_SAMPLE`` tokens get exact neighbours instead of NN-descent. Colour scaling (1st/99th percentiles of
     the sample's projection) is fixed here. ``svd_solver`` goes to sklearn's PCA;
     the default "covariance_eigh" (exact, D x D memory) falls back to "full" on
     scikit-learn < 1.5, which lacks it.
@@ -446,6 +525,7 @@ def fit_projection(
     m, d = sample.shape
     if m < 2:
         raise ValueError(f"need at least 2 sample tokens to fit, got {m}")
+    started = time.perf_counter()
     params = {
         "method": method, "n_components": n_components, "seed": seed, "svd_solver": svd_solver,
         "sample_size": m,
@@ -459,31 +539,32 @@ def fit_projection(
         embedding = proj._pca(sample)
         umap_model = None
     else:
-        import umap
-
         pca_dim = min(pca_dim, d, m)
         if svd_solver == "arpack":  # arpack cannot compute all components
             pca_dim = min(pca_dim, min(m, d) - 1)
         mean, components, evr = _fit_pca(sample, pca_dim, svd_solver, seed)
         reducer = Projection("pca", mean, components, np.zeros(pca_dim), np.ones(pca_dim))
         reduced = reducer._pca(sample)
+        logger.info("PCA %d -> %d dims: %.1f s", d, pca_dim, time.perf_counter() - started)
         if n_neighbors > m - 1:
             logger.warning("n_neighbors=%d > sample size - 1; using %d", n_neighbors, m - 1)
             n_neighbors = m - 1
-        umap_model = umap.UMAP(
-            n_components=n_components,
-            n_neighbors=n_neighbors,
-            min_dist=min_dist,
-            metric=metric,
-            random_state=seed,
-            transform_seed=seed,
-        )
-        with warnings.catch_warnings():
+        params.update(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, pca_dim=pca_dim, n_epochs=n_epochs)
+        umap_model = _umap_estimator(params)
+        if m <= EXACT_KNN_MAX_SAMPLE and metric in _ExactKNN.METRICS:
+            step = time.perf_counter()
+            # exact neighbours (each token first, at distance 0, as UMAP's own search returns them)
+            indices, dists = _ExactKNN(reduced, metric).query(reduced, n_neighbors)
+            umap_model.precomputed_knn = (indices, dists, None)
+            logger.info("exact %d-NN of %d tokens: %.1f s", n_neighbors, m, time.perf_counter() - step)
+        step = time.perf_counter()
+        with compile_time("UMAP fit"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # ours is set right after
             umap_model.fit(reduced)
+        logger.info("UMAP layout of %d tokens: %.1f s", m, time.perf_counter() - step)
         _pin_umap_transform(umap_model, metric)
         embedding = np.asarray(umap_model.embedding_, dtype=np.float32)
-        params.update(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, pca_dim=pca_dim)
 
     lo, hi = np.percentile(embedding.astype(np.float64), PERCENTILES, axis=0)
     logger.debug("fitted %s projection on %d x %d sample", method, m, d)

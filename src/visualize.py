@@ -6,13 +6,18 @@ file's metadata: nothing is re-derived or hard-coded here.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from src.features import load_any
 from src.frames import VideoReader, load_image
@@ -113,17 +118,112 @@ def _grid_of(record: dict, path: Path) -> tuple[int, int, int]:
     return tp, hp, wp
 
 
-def fit_projections(paths: list[Path], methods: list[str], sample_size: int, seed: int, n_neighbors: int = 15,
-                    min_dist: float = 0.1, metric: str = "cosine") -> dict[str, Projection]:
-    """One projection per method, fitted once on a deterministic sample of all tokens of the run."""
-    # a generator: one window in memory at a time, whatever the number of windows
-    sample = sample_tokens((item.features for item in iter_feature_items(paths)), sample_size, seed=seed)
-    logger.info("fitting %s on %d sampled tokens of %d dims", "+".join(methods), *sample.shape)
-    projections = {}
+def digest(value) -> str:
+    """sha256 of a JSON-able value (keys sorted): the identity of a set of settings."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def inputs_key(paths: list[Path]) -> list:
+    """What a projection fitted on `paths` depends on, per file: name, size, modification time (a
+    rewritten feature file is a different input, as `make` would judge it)."""
+    return [[Path(p).name, (st := Path(p).stat()).st_size, st.st_mtime_ns] for p in paths]
+
+
+def projection_keys(paths: list[Path], methods: list[str], sample_size: int, seed: int, n_neighbors: int = 15,
+                    min_dist: float = 0.1, metric: str = "cosine") -> dict[str, str]:
+    """Per method, a digest of the inputs and every setting its projection depends on: equal keys,
+    equal colours (see :func:`fit_projections`)."""
+    inputs = inputs_key(paths)
+    keys = {}
     for method in methods:
-        projections[method] = fit_projection(sample, method=method, n_neighbors=n_neighbors, min_dist=min_dist,
-                                             metric=metric, seed=seed)
+        settings = {"sample_size": sample_size, "seed": seed}
+        if method == "umap":
+            settings.update(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric)
+        keys[method] = digest({"method": method, "settings": settings, "inputs": inputs, "version": 2})
+    return keys
+
+
+def _saved_projection(path: Path, key: str) -> Projection | None:
+    """The projection saved at `path` if it was fitted with this key (same inputs and settings)."""
+    if not path.is_file():
+        return None
+    try:
+        projection = Projection.load(path)
+    except (ValueError, KeyError, OSError) as exc:
+        logger.warning("%s: unreadable saved projection (%s); fitting again", path, exc)
+        return None
+    if projection.params.get("inputs_key") != key:
+        logger.info("%s: features or projection settings changed; fitting again", path)
+        return None
+    return projection
+
+
+def fit_projections(paths: list[Path], methods: list[str], sample_size: int, seed: int, n_neighbors: int = 15,
+                    min_dist: float = 0.1, metric: str = "cosine", save_dir: Path | None = None,
+                    overwrite: bool = False) -> dict[str, Projection]:
+    """One projection per method, fitted once on a deterministic sample of all tokens of the run.
+
+    With `save_dir`, each is saved there as `<method>.npz` and reused by a later call whose feature
+    files and settings are unchanged (unless `overwrite`), so a rerun fits nothing.
+    """
+    keys = projection_keys(paths, methods, sample_size, seed, n_neighbors, min_dist, metric)
+    projections, todo = {}, []
+    for method, key in keys.items():
+        saved = None if save_dir is None or overwrite else _saved_projection(save_dir / f"{method}.npz", key)
+        if saved is not None:
+            logger.info("%s projection: reusing %s (same features and settings)", method, save_dir / f"{method}.npz")
+            projections[method] = saved
+        else:
+            todo.append((method, key))
+    if not todo:
+        return projections
+    # a generator: one window in memory at a time, whatever the number of windows
+    items = tqdm(paths, unit="file", desc="sampling tokens", disable=None, leave=False)
+    sample = sample_tokens((item.features for item in iter_feature_items(items)), sample_size, seed=seed)
+    logger.info("fitting %s on %d sampled tokens of %d dims", "+".join(m for m, _ in todo), *sample.shape)
+    for method, key in todo:
+        start = time.perf_counter()
+        projection = fit_projection(sample, method=method, n_neighbors=n_neighbors, min_dist=min_dist,
+                                    metric=metric, seed=seed)
+        logger.info("%s projection fitted in %.1f s", method, time.perf_counter() - start)
+        projection.params["inputs_key"] = key
+        if save_dir is not None:
+            try:
+                save_dir.mkdir(parents=True, exist_ok=True)
+                projection.save(save_dir / f"{method}.npz")
+            except NotImplementedError as exc:  # e.g. UMAP with a metric only pickle could store
+                logger.info("%s projection not saved: %s", method, exc)
+        projections[method] = projection
     return projections
+
+
+def finished_outputs(record: Path, key: str, root: Path) -> list[Path] | None:
+    """The files under `root` a finished step listed in `record` (see :func:`record_outputs`), if it
+    ran with this `key` and every file is still there with the size it had: None if anything differs."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key:
+        return None
+    files = [root / name for name in data.get("files", {})]
+    for path, size in zip(files, data.get("files", {}).values()):
+        try:
+            if path.stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return files
+
+
+def record_outputs(record: Path, key: str, files: list[Path], root: Path) -> None:
+    """List `files` (relative to `root`) with their sizes as the finished output of a step run with
+    `key`; written atomically, after the files."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    entries = {str(Path(f).relative_to(root)): Path(f).stat().st_size for f in files}
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(json.dumps({"key": key, "files": entries}, indent=1) + "\n")
+    os.replace(tmp, record)
 
 
 def token_grids(item: FeatureItem, projection: Projection) -> np.ndarray:

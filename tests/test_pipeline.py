@@ -13,6 +13,7 @@ from PIL import Image
 
 from src.features import load_features
 from src.frames import VideoReader
+from src.projection import Projection
 from src.render import crop_box_pixels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +140,11 @@ def test_visualize_embeddings_reads_windows_and_is_deterministic(full_run, tmp_p
     assert len(pngs) == 24
     for p in pngs:
         assert p.read_bytes() == (tmp_path / "v2" / "pca_overlay" / p.name).read_bytes()
+    proc = run("visualize_embeddings.py", *feats, "--output_dir", str(tmp_path / "v2"), "--method", "pca",
+               "--alpha", "1.0")  # a rerun: the saved projection, the same pictures
+    assert proc.returncode == 0 and "pca projection: reusing" in proc.stderr, proc.stderr
+    for p in pngs:
+        assert p.read_bytes() == (tmp_path / "v2" / "pca_overlay" / p.name).read_bytes()
     proc = run("visualize_embeddings.py", str(full_run / "features"), "--output_dir", str(tmp_path / "v3"),
                "--method", "pca", "--no_overlay")
     assert proc.returncode == 0 and not (tmp_path / "v3" / "pca_overlay").exists()
@@ -181,6 +187,41 @@ def test_rerun_with_another_model_needs_overwrite(bikes_frames, tmp_path):
     assert "umap_overlay: " not in proc.stderr and len(list((out / "pca_overlay").glob("*.png"))) == 8
     assert load_features(out / "features" / "window_00000.pt")["metadata"]["model"] == "random:tiny,depth=1"
     assert json.loads((out / "package" / "metadata.json").read_text())["model"] == "random:tiny,depth=1"
+
+
+def test_rerun_keeps_what_is_finished_and_a_changed_setting_refits(bikes_frames, tmp_path):
+    out = tmp_path / "run"
+    args = ["vjepa2_pipeline.py", "--frame_dir", str(bikes_frames), "--output_dir", str(out), *MODEL,
+            "--umap_visualization", "--pca_visualization", "--video_animation", "--gif", "--last_frame", "16",
+            "--umap_sample", "300"]
+    assert run(*args).returncode == 0
+
+    def snapshot():  # every output but the manifest (a log: each run appends its own lines)
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name != "manifest.jsonl"}
+
+    first = snapshot()
+    assert {out / "projection" / "umap.npz", out / "projection" / "pca.npz"} <= first.keys()
+    proc = run(*args)  # same features, same settings: nothing fitted, drawn or packaged again
+    assert proc.returncode == 0, proc.stderr
+    assert "all 34 already drawn with these features and settings, kept" in proc.stderr  # 2 x 16 PNGs + 2 GIFs
+    assert "already hold these files, kept" in proc.stderr and "fitting" not in proc.stderr
+    assert snapshot() == first  # byte-identical, not even rewritten
+
+    proc = run(*args, "--n_neighbors", "10")  # a UMAP setting: UMAP refitted, PCA reused, all redrawn
+    assert proc.returncode == 0, proc.stderr
+    assert "umap.npz: features or projection settings changed; fitting again" in proc.stderr
+    assert "pca projection: reusing" in proc.stderr and re.search(r"fitting umap on \d+ sampled tokens", proc.stderr)
+    assert Projection.load(out / "projection" / "umap.npz").params["n_neighbors"] == 10
+    umap_png, pca_png = out / "umap_projection" / "window_00000_t03.png", out / "pca_projection" / "window_00000_t03.png"
+    assert umap_png.read_bytes() != first[umap_png][0] and pca_png.read_bytes() == first[pca_png][0]
+    assert pca_png.stat().st_mtime_ns != first[pca_png][1]  # redrawn: the pictures record names the settings
+    packaged = json.loads((out / "package" / "metadata.json").read_text())
+    assert {"projection/umap.npz", "projection/pca.npz"} <= {f["name"] for f in packaged["files"]}
+
+    proc = run(*args, "--n_neighbors", "10", "--overwrite")  # redoes everything
+    assert proc.returncode == 0, proc.stderr
+    assert "fitting umap+pca" in proc.stderr and "reusing" not in proc.stderr and "kept" not in proc.stderr
 
 
 def test_package_write_failure_exits_4_and_the_rerun_completes(bikes_frames, tmp_path):

@@ -209,9 +209,40 @@ def test_umap_preserves_clusters(umap_fit, umap_data):
     assert adjusted_rand_score(labels, predicted) >= 0.9
 
 
-def test_umap_projection_is_not_saved(umap_fit, tmp_path):
-    with pytest.raises(NotImplementedError):
-        umap_fit[1].save(tmp_path / "umap.npz")
+def test_umap_save_load_gives_identical_colours(umap_fit, umap_data, tmp_path):
+    x, _ = umap_data
+    proj = umap_fit[1]
+    path = proj.save(tmp_path / "umap.npz")
+    with np.load(path, allow_pickle=False) as data:  # arrays only: loading runs no pickle
+        assert data["umap_raw_data"].shape == (1200, 50) and data["umap_embedding"].shape == (1200, 3)
+    loaded = Projection.load(path)
+    assert loaded.method == "umap" and loaded.params == proj.params
+    assert loaded.colors(x).tobytes() == proj.colors(x).tobytes()
+    assert not list(tmp_path.glob(".*tmp"))  # written through a temporary file, renamed into place
+
+
+def test_umap_with_a_metric_only_pickle_could_store_is_not_saved(umap_fit, tmp_path):
+    proj = umap_fit[1]
+    other = Projection("umap", proj.mean, proj.components, proj.lo, proj.hi, proj.umap_model,
+                       {**proj.params, "metric": "manhattan"})
+    with pytest.raises(NotImplementedError, match="manhattan"):
+        other.save(tmp_path / "umap.npz")
+    assert not (tmp_path / "umap.npz").exists()
+
+
+def test_umap_fit_uses_exact_neighbours_not_nn_descent(monkeypatch):
+    import umap.umap_
+
+    class Refused:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("NN-descent called")
+
+    monkeypatch.setattr(umap.umap_, "NNDescent", Refused)  # UMAP's own search for samples >= 4096
+    x, labels = _clusters(4200, k=3, dim=16, seed=3)
+    proj = fit_projection(x, method="umap", seed=0)
+    assert proj.params["n_epochs"] == 200
+    predicted = KMeans(n_clusters=3, n_init=10, random_state=0).fit_predict(proj.umap_model.embedding_)
+    assert adjusted_rand_score(labels, predicted) >= 0.9
 
 
 # --------------------------------------------------------------------------- sampling
