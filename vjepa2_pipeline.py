@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from src import cli, embeddings_table, sharding
 from src.features import outputs_written
+from src.jit_cache import prefetch_umap
 from src.frames import DEFAULT_FRAME_PATTERN
 from src.package import library_versions, write_package
 from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.frame_dir and not Path(args.frame_dir).is_dir():
         raise FileNotFoundError(f"{args.frame_dir}: frame directory not found")
 
+    if "umap" in todo["methods"] and (args.overwrite or not (out / "projection" / "pictures.json").is_file()):
+        prefetch_umap()  # its few seconds of importing overlap extraction instead of delaying the pictures
     start = time.perf_counter()
     extractor = SequentialVJEPA2Extractor(
         model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,

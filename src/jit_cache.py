@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +35,9 @@ _JIT_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "u
 # Below this much free space a cache folder counts as full (the umap kernels take ~20 MB).
 _MIN_FREE_BYTES = 64 * 2**20
 
-_state: dict = {"dir": None, "save_failed": False}
+_state: dict = {"dir": None, "save_failed": False, "umap": None, "prefetch": None}
+# One import at a time: numba's decorators are patched while umap imports (see _cached_by_default).
+_import_lock = threading.Lock()
 
 
 def default_cache_dir() -> Path:
@@ -139,6 +142,13 @@ def _cached_by_default() -> Iterator[None]:
 
 def import_umap() -> ModuleType:
     """``import umap`` with numba's on-disk cache on for every kernel umap/pynndescent may compile."""
+    with _import_lock:
+        if _state["umap"] is None:
+            _state["umap"] = _import_umap_with_cache()
+        return _state["umap"]
+
+
+def _import_umap_with_cache() -> ModuleType:
     cache_dir()
     import importlib
 
@@ -154,6 +164,26 @@ def import_umap() -> ModuleType:
             pass
     logger.debug("numba cache %s: turned on for %d umap/pynndescent functions", cache_dir(), enabled)
     return umap
+
+
+def prefetch_umap() -> threading.Thread:
+    """Start importing umap (and scikit-learn, numba, the cached kernels) in a background thread.
+
+    The import takes a few seconds even with a warm cache (~4 s on a quiet 2-core machine); a
+    script that will project after a long step (extraction) starts it first, so the projection
+    does not wait for it. A failed import is only logged here: :func:`import_umap` raises it
+    again where the projection needs umap.
+    """
+    if _state["prefetch"] is None:
+        def run() -> None:
+            try:
+                import_umap()
+            except Exception as exc:  # noqa: BLE001 - re-raised by the caller's own import_umap()
+                logger.debug("background import of umap failed: %s", exc)
+
+        _state["prefetch"] = threading.Thread(target=run, name="import-umap", daemon=True)
+        _state["prefetch"].start()
+    return _state["prefetch"]
 
 
 class _CompileTimer:

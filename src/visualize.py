@@ -139,7 +139,7 @@ def projection_keys(paths: list[Path], methods: list[str], sample_size: int, see
         settings = {"sample_size": sample_size, "seed": seed}
         if method == "umap":
             settings.update(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric)
-        keys[method] = digest({"method": method, "settings": settings, "inputs": inputs, "version": 2})
+        keys[method] = digest({"method": method, "settings": settings, "inputs": inputs, "version": 3})  # 3: PCA init
     return keys
 
 

@@ -3,6 +3,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,28 @@ def test_a_failed_cache_save_is_one_log_line_not_an_error(caplog, monkeypatch):
         assert add_one(np.int64(1)) == 2 and add_one(1.5) == 2.5  # two compiles, two failed saves
     lines = [r.getMessage() for r in caplog.records if "cannot save compiled code" in r.getMessage()]
     assert len(lines) == 1 and "No space left on device" in lines[0]
+
+
+def test_prefetch_imports_umap_once_in_the_background_and_a_failure_surfaces_at_use(monkeypatch):
+    monkeypatch.setitem(jit_cache._state, "umap", None)
+    monkeypatch.setitem(jit_cache._state, "prefetch", None)
+    calls = []
+
+    def failing_import():
+        calls.append(threading.current_thread().name)
+        raise ImportError("no umap here")
+
+    monkeypatch.setattr(jit_cache, "_import_umap_with_cache", failing_import)
+    thread = jit_cache.prefetch_umap()
+    assert jit_cache.prefetch_umap() is thread  # one background import per process
+    thread.join(timeout=60)
+    assert calls == ["import-umap"] and not thread.is_alive()  # it ran there, and did not raise there
+    with pytest.raises(ImportError, match="no umap here"):
+        jit_cache.import_umap()  # the caller sees the failure where it needs umap
+
+    import umap
+    monkeypatch.setattr(jit_cache, "_import_umap_with_cache", lambda: calls.append("ok") or umap)
+    monkeypatch.setitem(jit_cache._state, "prefetch", None)
+    jit_cache.prefetch_umap().join(timeout=60)
+    assert jit_cache.import_umap() is umap and jit_cache.import_umap() is umap
+    assert calls.count("ok") == 1  # imported once, then reused

@@ -345,3 +345,21 @@ def test_exact_knn_matches_sklearn(metric):
     # A token that is in the sample is its own nearest neighbour at distance exactly 0.
     np.testing.assert_array_equal(idx[:5, 0], np.arange(5))
     assert (dist[:5, 0] == 0).all()
+
+
+def test_umap_starts_from_the_pca_layout_not_a_spectral_one(monkeypatch):
+    import umap.umap_
+
+    def refused(*args, **kwargs):
+        raise AssertionError("spectral layout called")
+
+    # one eigensolve per disconnected part of the neighbour graph: seconds on random-weight features
+    monkeypatch.setattr(umap.umap_, "spectral_layout", refused)
+    x, labels = _clusters(900, k=3, dim=16, seed=5)
+    proj = fit_projection(x, method="umap", seed=0)
+    assert proj.params["init"] == "pca" and proj.umap_model.init == "pca"
+    predicted = KMeans(n_clusters=3, n_init=10, random_state=0).fit_predict(proj.umap_model.embedding_)
+    assert adjusted_rand_score(labels, predicted) >= 0.9
+    spectral = fit_projection(x, method="umap", seed=0, init="random")  # the option reaches UMAP
+    assert spectral.umap_model.init == "random"
+    assert not np.allclose(spectral.umap_model.embedding_, proj.umap_model.embedding_)
