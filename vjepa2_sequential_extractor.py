@@ -255,16 +255,24 @@ class SequentialVJEPA2Extractor:
             raise cli.UsageError(f"{what}, fewer than one window of {self.window} (use --window {available - available % 2} or less)")
 
     def _check_same_run(self, record: dict, window, metadata_fn, path: Path) -> None:
-        """Refuse to keep a finished window written by a different model, crop or frame choice:
-        skipping it would mix features of two runs in one folder."""
+        """Refuse to keep a finished window written for another input (by name), model, crop or frame
+        choice: skipping it would mix features of two runs in one folder."""
         meta, info = record.get("metadata") or {}, record.get("model_info") or {}
         plan = self.encoder.spatial
-        found = {"model": meta.get("model"), "img_size": info.get("img_size"),
+        # The input by name, not by path: a folder copied to node-local scratch still resumes, while
+        # another video or frame folder written into the same output folder is refused.
+        expected_meta = metadata_fn(window, None)
+        source_key = "video_path" if expected_meta.get("source_type") == "video" else "frame_dir"
+        expected_input = Path(expected_meta[source_key]).name
+        found_input = meta.get("video_path") or meta.get("frame_dir")  # absent only in hand-made files
+        found = {"input": Path(found_input).name if found_input else expected_input,
+                 "model": meta.get("model"), "img_size": info.get("img_size"),
                  "spatial": meta.get("spatial", "center"),  # files from before --spatial are centre crops
                  "frames": meta.get("frame_numbers"),
                  "layers": stored_layers(info)}
-        expected = {"model": self.model_name, "img_size": self.encoder.crop, "spatial": plan.mode,
-                    "frames": metadata_fn(window, None)["frame_numbers"],
+        expected = {"input": expected_input,
+                    "model": self.model_name, "img_size": self.encoder.crop, "spatial": plan.mode,
+                    "frames": expected_meta["frame_numbers"],
                     "layers": stored_layers(self.encoder.describe(self.window))}
         if plan.mode == "full" and found["spatial"] == "full":
             found["short_side"], expected["short_side"] = meta.get("short_side"), plan.short_side
@@ -512,12 +520,38 @@ def main(argv: list[str] | None = None) -> int:
     return cli.EXIT_PARTIAL if totals["failed"] or failed_inputs else cli.EXIT_OK
 
 
+def output_folders(inputs: list[tuple[str, Path]]) -> list[str]:
+    """One sub-folder name per input: a video's stem, a frame folder's name; where several inputs
+    would share one (``a/clip.mp4`` and ``b/clip.mp4``), their parent folders' names are put in
+    front, then their position, so no input's windows land in (or are skipped by) another's folder.
+    The same list on every shard, and unchanged names for inputs that do not collide."""
+    def base(kind: str, path: Path) -> str:
+        return path.stem if kind == "video" else path.name
+
+    names = [base(kind, path) for kind, path in inputs]
+    counts = {n: names.count(n) for n in names}
+    for i, (kind, path) in enumerate(inputs):
+        if counts[base(kind, path)] > 1:
+            names[i] = "_".join(p for p in (path.resolve().parent.name, base(kind, path)) if p)
+    taken = {n for n, (kind, path) in zip(names, inputs) if n == base(kind, path)}  # names kept as they were
+    seen = set()
+    for i, name in enumerate(names):
+        if name in seen or (name != base(*inputs[i]) and name in taken):
+            names[i] = f"{name}_{i}"
+        seen.add(names[i])
+    for (kind, path), name in zip(inputs, names):
+        if name != base(kind, path):
+            logger.warning("%s: another input has the same name; its windows go to %s/", path, name)
+    return names
+
+
 def _run_inputs(extractor, inputs, output_root: Path, args, shard, totals: dict) -> int:
     """Each input in turn; returns the number of inputs that failed."""
     failed_inputs = 0
+    folders = output_folders(inputs)
     for position, (kind, path) in enumerate(inputs):
         # one input → its windows directly in output_dir; several → one sub-folder each
-        out = output_root if len(inputs) == 1 else output_root / (path.stem if kind == "video" else path.name)
+        out = output_root if len(inputs) == 1 else output_root / folders[position]
         try:
             if kind == "frames":
                 summary = extractor.process_frame_directory(path, out, args.first_frame, args.last_frame)

@@ -244,3 +244,49 @@ def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):
     assert ref.keys() == got.keys()
     for name in ref:
         assert torch.equal(ref[name]["features"], got[name]["features"]), name
+
+
+def test_inputs_with_the_same_name_get_their_own_folders(tmp_path):
+    from vjepa2_sequential_extractor import output_folders
+
+    rng = np.random.default_rng(0)
+    dirs = []
+    for parent in ("a", "b"):
+        d = tmp_path / parent / "frames"
+        d.mkdir(parents=True)
+        for i in range(4):  # different pixels per folder: mixing them up would show in the features
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(d / f"frame_{i:04d}.png")
+        dirs.append(d)
+    assert output_folders([("frames", dirs[0]), ("frames", dirs[1]), ("video", Path("c/x.mp4"))]) == \
+        ["a_frames", "b_frames", "x"]  # only colliding names change
+    assert output_folders([("video", Path("p/clip.mp4")), ("video", Path("q/p/clip.mp4"))]) == ["p_clip", "p_clip_1"]
+
+    common = [sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--window", "2", "--num_workers", "0"]
+    both = subprocess.run(common + ["--frame_dir", str(dirs[0]), "--frame_dir", str(dirs[1]),
+                                    "--output_dir", str(tmp_path / "both")], cwd=REPO, capture_output=True, text=True)
+    assert both.returncode == 0, both.stderr
+    assert "done: 4 windows written, 0 already complete" in both.stdout  # the second was not skipped
+    assert both.stderr.count("another input has the same name") == 2
+    for d, name in zip(dirs, ("a_frames", "b_frames")):
+        alone = subprocess.run(common + ["--frame_dir", str(d), "--output_dir", str(tmp_path / f"alone_{name}")],
+                               cwd=REPO, capture_output=True, text=True)
+        assert alone.returncode == 0, alone.stderr
+        got, ref = _features(tmp_path / "both" / name), _features(tmp_path / f"alone_{name}")
+        assert got.keys() == ref.keys() and len(got) == 2
+        for key in ref:
+            assert torch.equal(got[key]["features"], ref[key]["features"]), (name, key)
+    a, b = _features(tmp_path / "both" / "a_frames"), _features(tmp_path / "both" / "b_frames")
+    assert not torch.equal(a["window_00000.pt"]["features"], b["window_00000.pt"]["features"])
+
+    # Resuming checks the input by name: another folder into a finished output folder is refused,
+    # the same frames copied elsewhere (node-local scratch) resume.
+    import shutil
+    other, moved = tmp_path / "c" / "other", tmp_path / "scratch" / "frames"
+    shutil.copytree(dirs[0], other)
+    shutil.copytree(dirs[0], moved)
+    refused = subprocess.run(common + ["--frame_dir", str(other), "--output_dir", str(tmp_path / "alone_a_frames")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "input 'frames' (now 'other')" in refused.stderr, refused.stderr
+    resumed = subprocess.run(common + ["--frame_dir", str(moved), "--output_dir", str(tmp_path / "alone_a_frames")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "done: 0 windows written, 2 already complete" in resumed.stdout, resumed.stderr
