@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from src import cli, embeddings_table, sharding
+from src.errors import ModelLoadError
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps, read_image_size
 from src.inference import ClipEncoder, dtype_name, stored_layers
@@ -40,8 +41,6 @@ logger = logging.getLogger("vjepa2_sequential_extractor")
 VIDEO_LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class ModelLoadError(cli.UsageError):
-    """The model could not be loaded: the run stops (exit 2), whatever the number of inputs."""
 
 
 class SequentialVJEPA2Extractor:

@@ -18,15 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import torch
+from src.device import resolve_device, resolve_dtype  # noqa: F401  (re-exported for the scripts)
+from src.errors import ConfigError, InputError, OutputWriteError, ToolkitError, UsageError  # noqa: F401
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_WRITE = 0, 1, 2, 3, 4
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """Bad arguments or configuration: reported in one line, exit code 2."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -109,41 +106,6 @@ def setup_logging(debug: bool = False) -> None:
     )
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise UsageError(f"--device {device}: this process sees {count} GPU(s), cuda:0..cuda:{count - 1}"
-                             " (CUDA_VISIBLE_DEVICES renumbers them from 0)")
-    return dev
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on a CUDA GPU that runs it natively (Ampere or newer; the model's training
-    precision), fp16 on older GPUs (bf16 is emulated or missing there), fp32 on CPU (bf16 is
-    slower there)."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return torch.bfloat16
-        logger.warning("%s has no native bf16: using fp16 (--dtype fp32 if features come out inf/NaN)",
-                       torch.cuda.get_device_name(device))
-        return torch.float16
-    return _DTYPES[dtype]
-
-
 # Folders check_output_dir created in this process: a run refused with exit 2 removes those still
 # empty, so a typo in a flag leaves no empty output folder behind.
 _CREATED_DIRS: list[Path] = []
@@ -175,9 +137,6 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call a script's main; known failures become one line on stderr and a documented exit code."""
-    from src.features import OutputWriteError
-    from src.models.weights import CheckpointError, ModelSpecError
-
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         return main(argv)
@@ -190,7 +149,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"error: {exc}; outputs finished so far are intact, rerun the same command to resume",
               file=sys.stderr)
         return EXIT_WRITE
-    except (UsageError, ModelSpecError, CheckpointError, FileNotFoundError, NotADirectoryError) as exc:
+    except (ConfigError, InputError, FileNotFoundError, NotADirectoryError) as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

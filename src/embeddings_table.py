@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from src.cli import UsageError
-from src.features import OutputWriteError, load_any, remove_stale_temp_files
+from src.errors import OutputWriteError, TableConfigError, UsageError
+from src.features import load_any, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ DEFAULT_FLUSH_SECONDS = 300.0
 CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "output", "layers")
 
 
-class TableConfigError(UsageError):
-    """A table folder holds rows of another model, pooling or width (a usage error, exit 2)."""
 
 
 # --------------------------------------------------------------------------- pooling

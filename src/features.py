@@ -22,6 +22,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
+from src.errors import OutputWriteError
+
 logger = logging.getLogger(__name__)
 
 FEATURE_FORMATS = ("pt", "safetensors")
@@ -87,8 +89,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class OutputWriteError(OSError):
-    """An output could not be written (disk full, permissions, I/O error): the run must stop."""
 
 
 @contextlib.contextmanager

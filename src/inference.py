@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from src.cli import resolve_device, resolve_dtype
+from src.device import resolve_device, resolve_dtype
 from src.models.weights import load_encoder, model_info
 from src.spatial import DEFAULT_MAX_TOKENS, SpatialPlan, check_spatial_options
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from src.cli import UsageError
+from src.errors import UsageError
 from src.features import latest_status, load_chunk, load_features, save_object
 from src.models.attentive_pooler import PROBE_NORM_EPS, AttentiveClassifier
 from src.models.weights import load_classifier

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from src.cli import UsageError
+from src.errors import UsageError
 
 from src.datasets.utils.video.transforms import (
     Compose, eval_crop_box, full_frame_box, make_eval_transform, make_full_frame_transform, patch_aligned_hw,

@@ -150,7 +150,7 @@ def test_unreachable_hub_id_gives_one_clear_message(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("src.models.weights.ModelSpecError: cannot get 'facebook/vjepa2-vitl-fpc64-256'")
+    assert last.startswith("src.errors.ModelSpecError: cannot get 'facebook/vjepa2-vitl-fpc64-256'")
     assert "local directory" in last and "random:" in last
     assert proc.stderr.count("Traceback") == 1  # our error only, not a chain of hub tracebacks
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from src.errors import CheckpointError, ModelSpecError
 from src.models.attentive_pooler import AttentiveClassifier, PROBE_NORM_EPS
 from src.models.vision_transformer import ARCHITECTURES, FACTORIES, V2_1_OPTIONS, VisionTransformer
 
@@ -42,12 +43,6 @@ V2_1_KEY_MARKERS = ("norms_block.", "patch_embed_img.", "video_mod_embed", "img_
 RANDOM_SEED = 0
 
 
-class ModelSpecError(ValueError):
-    """The model spec cannot be resolved (unknown name, unreachable hub id, bad file)."""
-
-
-class CheckpointError(ValueError):
-    """The checkpoint does not match the architecture (missing/unexpected/mis-shaped keys)."""
 
 
 # ----------------------------------------------------------------------------- key mapping
