@@ -5,6 +5,7 @@
     python vjepa2_embeddings.py search --table_dir feats/embeddings --row '/data/a.mp4#window3' -k 10 --output_dir hits/
     python vjepa2_embeddings.py search --table_dir feats/embeddings --video query.mp4 --start_frame 100 --output_dir hits/
     python vjepa2_embeddings.py duplicates --table_dir feats/embeddings --threshold 0.98 --output dups.csv
+    python vjepa2_embeddings.py explore --table_dir feats/embeddings --output explorer.html --labels labels.csv
 
 `table` pools every window / image of the given feature files (or folders of them) into table rows
 (`--pool`, L2-normalised unless `--no_l2`), skipping rows the table already holds. `search` finds the
@@ -12,7 +13,8 @@ k rows most cosine-similar to a query: a row of the table (`--row`), a feature f
 one query per window/image) or an image / a video clip encoded with the table's own model; it
 writes `matches.csv` and one contact sheet PNG per query. The search is exact and reads the table
 in blocks of `--block_rows` vectors. `duplicates` lists the pairs of rows at least `--threshold`
-similar, grouped, as a CSV.
+similar, grouped, as a CSV. `explore` writes one self-contained HTML page: a map of the rows, with
+thumbnails, search and nearest neighbours (see docs/pages.md).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from src import cli, embeddings_table, search
+from src.pages import explorer as pages
 
 logger = logging.getLogger("vjepa2_embeddings")
 
@@ -33,7 +36,7 @@ FEATURE_GLOBS = ("window_*.pt", "window_*.safetensors", "features_shard*of*_chun
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{table,search,duplicates}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{table,search,duplicates,explore}")
 
     t = sub.add_parser("table", help="a table from existing token files (no re-encoding)",
                        formatter_class=cli.HelpFormatter)
@@ -70,6 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.98, help="cosine similarity, in (-1, 1]")
     d.add_argument("--output", required=True, help="CSV of the pairs (group, similarity, rows)")
     d.add_argument("--block_rows", type=int, default=search.DEFAULT_BLOCK_ROWS, help="vectors read per block")
+    add_explore_parser(sub)  # issue 21: the explorer page (src/pages)
     return p
 
 
@@ -189,10 +193,35 @@ def open_rows(table_dir) -> int:
     return embeddings_table.open_dataset(table_dir).count_rows()
 
 
+# ---- explore (issue 21): the explorer page; the work is in src/pages
+def add_explore_parser(sub) -> None:
+    e = sub.add_parser("explore", help="one self-contained HTML page: a map of the rows", formatter_class=cli.HelpFormatter)
+    e.add_argument("--table_dir", required=True)
+    e.add_argument("--output", required=True, help="the HTML file to write")
+    e.add_argument("--labels", default=None, help="path,label CSV (as vjepa2_probe.py reads it)")
+    e.add_argument("--color_by", choices=pages.COLOR_MODES, default="auto", help="auto: label with --labels, else source")
+    e.add_argument("--max_points", type=int, default=pages.DEFAULT_MAX_POINTS, help="rows shown (sampled beyond)")
+    e.add_argument("--max_thumbnails", type=int, default=pages.DEFAULT_MAX_THUMBNAILS, help="rows with a thumbnail (sampled)")
+    e.add_argument("--thumbnails", action="store_true", default=True, help="preview frames on hover (the default)")
+    e.add_argument("--no_thumbnails", dest="thumbnails", action="store_false", help="points and text only")
+    e.add_argument("-k", "--neighbors", type=int, default=pages.DEFAULT_NEIGHBORS, help="nearest rows listed per row")
+    e.add_argument("--seed", type=int, default=0, help="sampling, map and clusters")
+
+
+def run_explore(args) -> int:
+    summary = pages.write_explorer(args.table_dir, args.output, labels=args.labels, color_by=args.color_by,
+                                   max_points=args.max_points, max_thumbnails=args.max_thumbnails,
+                                   thumbnails=args.thumbnails, neighbors=args.neighbors, seed=args.seed)
+    print(f"explorer: {summary.rows_shown} of {summary.table_rows} rows, {summary.thumbnails} thumbnails, "
+          f"{summary.bytes / 1e6:.1f} MB → {summary.path}")
+    return cli.EXIT_OK
+# ---- end of explore
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
-    return {"table": make_table, "search": run_search, "duplicates": run_duplicates}[args.command](args)
+    return {"table": make_table, "search": run_search, "duplicates": run_duplicates, "explore": run_explore}[args.command](args)
 
 
 if __name__ == "__main__":
