@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src import cli
+from src import cli, pages
 from src.features import outputs_written
 from src.visualize import (
     FrameSource, InputScan, chunk_source_path, fit_projections, iter_feature_items, scan_inputs, token_grids,
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if chunk_missing and image_root is None:
         logger.warning("%d image-chunk source image(s) not found relative to the current folder: %s",
                        chunk_missing, HINT)
+    with outputs_written(out):  # issue 21: out/index.html shows the pictures and links every file
+        pages.write_index(out, f"{args.method} pictures of {len(files)} feature file(s)", vars(args))
     print(f"wrote {len(written)} PNGs to {out}" + (f"; {failed} items without source frames" if failed else ""))
     return cli.EXIT_PARTIAL if failed else cli.EXIT_OK
 

@@ -1,8 +1,10 @@
 """The packaged output of a pipeline run: a folder with the deliverables + metadata.json, and its zip.
 
 The package folder holds hard links to the run's files (copies where links are impossible), so
-packaging costs no extra disk on one filesystem. `metadata.json` lists every packaged file; the zip
-holds exactly those files plus metadata.json. Both are written atomically.
+packaging costs no extra disk on one filesystem, and an index.html (src/pages) that shows the run's
+settings, videos and pictures and links every file by relative path (it works from the unpacked
+zip). `metadata.json` lists every packaged file, index.html included; the zip holds exactly those
+files plus metadata.json. Both are written atomically.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import sys
 import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+
+from src.pages import write_index
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ def write_package(package_dir: Path, files: dict[str, Path], metadata: dict, zip
         src = Path(files[name])
         _link_or_copy(src, package_dir / name)
         listed.append({"name": name, "bytes": src.stat().st_size})
+    index = write_index(package_dir, f"Package {package_dir.absolute().parent.name}: {metadata.get('model', '')}",
+                        {k: v for k, v in metadata.items() if k != "files"}, [*files, "metadata.json"])
+    listed.append({"name": index.name, "bytes": index.stat().st_size})
     metadata = {**metadata, "files": listed}
     tmp = package_dir / ".metadata.json.tmp"
     tmp.write_text(json.dumps(metadata, indent=2, default=str) + "\n")

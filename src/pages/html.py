@@ -18,7 +18,7 @@ _SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"
 
 def json_script(data, element_id: str) -> str:
     """`data` as a JSON ``<script type="application/json">`` element that no string in it can end."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=str)
     return f'<script type="application/json" id="{element_id}">{text.translate(_SCRIPT_ESCAPES)}</script>'
 
 

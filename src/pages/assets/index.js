@@ -14,19 +14,32 @@
     a.href = data.hrefs[name];
     img.src = data.hrefs[name];
     img.alt = name;
-    img.loading = "lazy";
     a.append(img);
     fig.append(a, el("figcaption", "", name.split("/").pop()));
     return fig;
   }
   $("title").textContent = data.title;
-  for (const [key, value] of Object.entries(data.settings)) {
-    const row = el("tr"), cell = el("td");
-    cell.append(value !== null && typeof value === "object" ? el("pre", "", JSON.stringify(value, null, 1))
-      : el("span", "", String(value)));
-    row.append(el("td", "", key), cell);
-    $("settings").append(row);
+  const scalars = (obj) => Object.entries(obj).filter(([, v]) => v === null || typeof v !== "object" || Array.isArray(v));
+  function table(entries) {
+    const t = el("table", "settings");
+    for (const [key, value] of entries) {
+      const row = el("tr");
+      row.append(el("td", "", key), el("td", "", typeof value === "string" ? value : JSON.stringify(value)));
+      t.append(row);
+    }
+    return t;
   }
+  const settings = data.settings;
+  $("settings").append(table(scalars(settings)));
+  for (const [key, value] of Object.entries(settings)) {  // nested records (flags, versions, ...): folded
+    if (value === null || typeof value !== "object" || Array.isArray(value)) continue;
+    const box = el("details");
+    box.append(el("summary", "", key), table(Object.entries(value)));
+    box.open = key === "model_info" || key === "inputs";
+    $("settings").append(box);
+  }
+  $("summary").textContent = data.files.length + " files" + (data.videos.length ? ", " + data.videos.length + " video(s)" : "") +
+    (data.windows.length ? ", " + data.windows.length + " window(s) of pictures" : "");
   for (const v of data.videos) {
     const video = el("video");
     video.src = v.href;
@@ -44,7 +57,7 @@
     for (let r = 0; r < depth; r++) {
       const row = el("tr");
       for (const c of w.columns) {
-        const cell = el("td");
+        const cell = el("td", c.folder.includes("projection") ? "projection" : "");
         if (r < c.pictures.length) cell.append(picture(c.pictures[r]));
         row.append(cell);
       }
