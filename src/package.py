@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from src.features import load_features
 from src.pages import write_index
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,27 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def window_originals(files: dict[str, Path]) -> dict[str, list[str]]:
+    """Each packaged window's original frame pictures (``original/frame_<id>.png``), in the window's
+    frame order, from the frame numbers in its packaged feature file (read without its tensors)."""
+    originals = {}
+    for name in files:
+        found = re.fullmatch(r"original/frame_0*(\d+)\.png", name)
+        if found:
+            originals[int(found.group(1))] = name
+    windows = {}
+    for name, path in files.items():
+        found = re.fullmatch(r"features/(window_\d+)\.(pt|safetensors)", name)
+        if originals and found:
+            try:
+                frames = load_features(path)["metadata"].get("frame_numbers") or []
+            except (OSError, ValueError) as exc:
+                logger.warning("%s: no frame numbers for the index page (%s)", path, exc)
+                continue
+            windows[found.group(1)] = [originals[i] for i in dict.fromkeys(frames) if i in originals]
+    return windows
+
+
 def write_package(package_dir: Path, files: dict[str, Path], metadata: dict, zip_path: Path | None = None) -> dict:
     """Build `package_dir` from `{relative name: source file}` plus metadata.json; zip it if asked.
 
@@ -74,7 +97,8 @@ def write_package(package_dir: Path, files: dict[str, Path], metadata: dict, zip
         _link_or_copy(src, package_dir / name)
         listed.append({"name": name, "bytes": src.stat().st_size})
     index = write_index(package_dir, f"Package {package_dir.absolute().parent.name}: {metadata.get('model', '')}",
-                        {k: v for k, v in metadata.items() if k != "files"}, [*files, "metadata.json"])
+                        {k: v for k, v in metadata.items() if k != "files"}, [*files, "metadata.json"],
+                        window_frames=window_originals(files))
     listed.append({"name": index.name, "bytes": index.stat().st_size})
     metadata = {**metadata, "files": listed}
     tmp = package_dir / ".metadata.json.tmp"

@@ -26,20 +26,33 @@ def _href(name: str) -> str:
     return "./" + quote(name)  # percent-encoded: no file name can become a scheme or markup
 
 
-def _windows(pictures: list[str]) -> tuple[list[dict], list[str]]:
-    """(per window: its pictures by folder, pictures of no window)."""
+def _windows(pictures: list[str], window_frames: dict[str, list[str]]) -> tuple[list[dict], list[str]]:
+    """(per window: its pictures by folder, its original frames first; the pictures of no window).
+
+    `window_frames` names each window's original frame pictures; they are shown beside the window's
+    per-token pictures, as many per row as there are frames per token."""
     by_window: dict[str, dict[str, list[str]]] = {}
+    claimed = {name for names in window_frames.values() for name in names}
     loose = []
     for name in pictures:
         found = _WINDOW.search(Path(name).name)
+        if name in claimed:
+            continue
         if found is None or name.lower().endswith(".gif"):
             loose.append(name)
             continue
         folder = str(Path(name).parent.as_posix())
         by_window.setdefault(found.group(1), {}).setdefault(folder, []).append(name)
-    windows = [{"window": window, "columns": [{"folder": f, "pictures": sorted(by_window[window][f])}
-                                             for f in sorted(by_window[window], key=_folder_order)]}
-               for window in sorted(by_window)]
+    windows = []
+    for window in sorted(by_window):
+        columns = [{"folder": f, "pictures": sorted(by_window[window][f]), "per_row": 1}
+                   for f in sorted(by_window[window], key=_folder_order)]
+        originals = window_frames.get(window, [])
+        if originals:
+            tokens = max(len(c["pictures"]) for c in columns)
+            columns.insert(0, {"folder": "original frames", "pictures": originals,
+                               "per_row": max(1, -(-len(originals) // tokens))})
+        windows.append({"window": window, "columns": columns})
     return windows, loose
 
 
@@ -51,16 +64,19 @@ def list_files(folder: str | os.PathLike) -> list[str]:
                   and p.relative_to(folder).as_posix() != INDEX_NAME)
 
 
-def write_index(folder: str | os.PathLike, title: str, settings: dict, files: list[str] | None = None) -> Path:
+def write_index(folder: str | os.PathLike, title: str, settings: dict, files: list[str] | None = None,
+                window_frames: dict[str, list[str]] | None = None) -> Path:
     """Write ``<folder>/index.html`` over `files` (names relative to `folder`; default: every file there).
 
+    `window_frames` ({"window_00001": [original frame pictures]}) puts each window's source frames
+    beside its overlays and projections; without it they are listed with the other pictures.
     `settings` (model, flags, ... any JSON-able values) are shown as a table; nothing in them, nor
     any file name, is ever read as markup."""
     folder = Path(folder)
     names = list_files(folder) if files is None else sorted(set(files) - {INDEX_NAME})
     sizes = {name: (folder / name).stat().st_size if (folder / name).is_file() else None for name in names}
     pictures = [n for n in names if n.lower().endswith(PICTURE_SUFFIXES)]
-    windows, loose = _windows(pictures)
+    windows, loose = _windows(pictures, {w: [n for n in v if n in names] for w, v in (window_frames or {}).items()})
     data = {
         "title": title,
         "settings": settings,

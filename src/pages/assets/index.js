@@ -51,14 +51,15 @@
   $("videos-section").hidden = !data.videos.length;
   for (const w of data.windows) {
     const box = el("div", "window"), table = el("table"), head = el("tr");
-    const depth = Math.max(...w.columns.map((c) => c.pictures.length));
+    const rowsOf = (c) => Math.ceil(c.pictures.length / c.per_row);
+    const depth = Math.max(...w.columns.map(rowsOf));
     for (const c of w.columns) head.append(el("th", "", c.folder));
     table.append(head);
     for (let r = 0; r < depth; r++) {
       const row = el("tr");
       for (const c of w.columns) {
-        const cell = el("td", c.folder.includes("projection") ? "projection" : "");
-        if (r < c.pictures.length) cell.append(picture(c.pictures[r]));
+        const cell = el("td", c.folder.includes("projection") ? "projection" : c.per_row > 1 ? "frames" : "");
+        for (const name of c.pictures.slice(r * c.per_row, (r + 1) * c.per_row)) cell.append(picture(name));
         row.append(cell);
       }
       table.append(row);
