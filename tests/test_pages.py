@@ -79,7 +79,7 @@ def explored(tmp_path_factory):
     videos, images = make_sources(root)
     add_rows(root / "table", videos, images)
     labels = root / "labels.csv"
-    labels.write_text(f"path,label\n{videos[0]},walking\n{videos[1]},riding\n{images[0]},cat\n"
+    labels.write_text(f"path,label\n{videos[0]},walking\n{videos[1]},riding\n{root / 'images' / 'cat.png'},cat\n"
                       f"\"{root / 'images' / HOSTILE}\",{HOSTILE_LABEL}\n")
     page = root / "out" / "explorer.html"
     code = cli.run(vjepa2_embeddings.main, ["explore", "--table_dir", str(root / "table"), "--output", str(page),

@@ -60,6 +60,7 @@ def write_explorer(table_dir: str | os.PathLike, output: str | os.PathLike, *, l
     for at most `max_thumbnails` of them (sampled; none with ``thumbnails=False``); `labels` is a
     ``path,label`` CSV as the probe reads it (rows match by row id, window id or source path)."""
     _check_settings(color_by, labels, max_points, max_thumbnails, neighbors, clusters, fit_rows)
+    label_rows = None if labels is None else _read_labels(labels)  # a bad CSV is reported before the fit
     config = table_config(table_dir)
     dataset = open_dataset(table_dir)
     total = dataset.count_rows()
@@ -68,7 +69,7 @@ def write_explorer(table_dir: str | os.PathLike, output: str | os.PathLike, *, l
     vectors = _vectors(dataset, positions)
     xy, reused = table_layout(table_dir, positions, vectors, fit_rows, seed)
     nbr, sims = _neighbours(table_dir, positions, total, vectors, neighbors, block_rows)
-    label_names, label_codes = _labels(rows, labels)
+    label_names, label_codes = _labels(rows, label_rows, labels)
     output = Path(output)
     sources, groups, source_index = _sources(rows, output.parent)
     thumbs, thumb_index = _thumbnails(rows, max_thumbnails if thumbnails else 0, seed)
@@ -160,15 +161,19 @@ def _label_key(name: str) -> str:
     return str(Path(base).expanduser().resolve()) + sep + rest
 
 
-def _labels(rows: list[dict], labels) -> tuple[list[str], np.ndarray]:
+def _read_labels(path) -> dict[str, str]:
+    """{absolute path (with its #window suffix, if any): label} of a path,label CSV, read as the probe does."""
+    from src.probe import read_labels
+
+    return {_label_key(r.path): r.label for r in read_labels(path)}
+
+
+def _labels(rows: list[dict], by_key: dict[str, str] | None, labels) -> tuple[list[str], np.ndarray]:
     """(label names, code of each row or -1): a row takes the label of its row id, its window id
     (``<source>#window<i>``) or its source, in that order; paths compare as absolute paths."""
     codes = np.full(len(rows), -1, np.int32)
-    if labels is None:
+    if by_key is None:
         return [], codes
-    from src.probe import read_labels
-
-    by_key = {_label_key(r.path): r.label for r in read_labels(labels)}
     names = sorted(set(by_key.values()))
     code_of = {name: i for i, name in enumerate(names)}
     used = set()
