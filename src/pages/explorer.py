@@ -81,12 +81,17 @@ def write_explorer(table_dir: str | os.PathLike, output: str | os.PathLike, *, l
         "columns": _columns(rows, source_index, xy, label_codes, _clusters(vectors, clusters, seed), thumb_index, nbr, sims),
         "thumbs": thumbs, "ramp": _ramp(),
     }
-    title = f"Explorer: {len(rows)} of {total} rows of {table_dir}"
-    text = page(title, asset("explorer.css"), asset("explorer.html"), data, asset("explorer.js"))
+    text = render_explorer(data)
     write_text_atomic(output, text)
     logger.info("explorer: %s (%d of %d rows, %d thumbnails, %.1f MB)", output, len(rows), total, len(thumbs),
                 len(text) / 1e6)
     return ExplorerSummary(output, total, len(rows), len(thumbs), data["labelled"], reused, output.stat().st_size)
+
+
+def render_explorer(data: dict) -> str:
+    """The page's HTML for its data (see write_explorer for the keys; bench/pages.py feeds it synthetic rows)."""
+    title = f"Explorer: {data['shown']} of {data['table_rows']} rows of {data['table']}"
+    return page(title, asset("explorer.css"), asset("explorer.html"), data, asset("explorer.js"))
 
 
 def _check_settings(color_by, labels, max_points, max_thumbnails, neighbors, clusters, fit_rows) -> None:
