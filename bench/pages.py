@@ -93,15 +93,15 @@ def ours_page(rows: dict) -> str:
     window = rows["window"]
     columns = {
         "x": packed(rows["xy"][:, 0], "f4"), "y": packed(rows["xy"][:, 1], "f4"),
-        "source": packed([index[v] for v in rows["video"]], "i4"), "label": packed(rows["blob"], "i4"),
-        "cluster": packed(rows["blob"], "i4"), "thumb": packed(np.full(n, -1), "i4"),
-        "window": packed(window, "i4"), "token": packed(np.full(n, -1), "i4"),
+        "source": packed([index[v] for v in rows["video"]], "i4"), "label": packed(rows["blob"], "i2"),
+        "cluster": packed(rows["blob"], "i2"), "thumb": packed(np.full(n, -1), "i4"),
+        "window": packed(window, "i4"), "token": packed(np.full(n, -1), "i2"),
         "f0": packed(window * 16, "i4"), "f1": packed(window * 16 + 15, "i4"),
         "t0": packed(window * 16 / 30, "f4"), "t1": packed((window * 16 + 15) / 30, "f4"),
-        "time": packed(window / 200, "f4"), "nbr": packed(nbr, "i4"), "sim": packed(np.ones((n, 10)), "f4"),
+        "time": packed(window / 200, "f4"), "nbr": packed(nbr, "i4"), "sim": packed(np.full((n, 10), 60000), "u2"),
     }
     data = {"table": "synthetic", "table_rows": n, "shown": n, "model": "synthetic", "pooling": "mean+l2",
-            "dim": 1024, "k": 10, "color_by": "label", "thumbnails": 0, "labelled": n,
+            "dim": 1024, "k": 10, "sim_steps": 65535, "color_by": "label", "thumbnails": 0, "labelled": n,
             "labels": [f"class_{b:02d}" for b in range(12)],
             "sources": [{"path": f"/data/videos/clip_{v:04d}.mp4", "kind": "video", "href": None, "group": i}
                         for i, v in enumerate(videos)],

@@ -4,7 +4,7 @@
 (function () {
   const data = JSON.parse(document.getElementById("page-data").textContent);
   const n = data.shown, k = data.k;
-  const TYPES = { f4: Float32Array, i4: Int32Array };
+  const TYPES = { f4: Float32Array, i4: Int32Array, i2: Int16Array, u2: Uint16Array };
   function column(name) {
     const c = data.columns[name], bin = atob(c.b64), bytes = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
@@ -97,7 +97,7 @@
         bin[i] = c < 0 ? -1 : c % PALETTE.length;
       }
       const names = mode === "label" ? data.labels : mode === "source" ? data.groups.map((g) => g.kind + ": " + g.path)
-        : Array.from({ length: Math.max(0, ...CLU) + 1 }, (_, c) => "cluster " + c);
+        : Array.from({ length: CLU.reduce((a, b) => Math.max(a, b), 0) + 1 }, (_, c) => "cluster " + c);
       legend = names.map((name, c) => [PALETTE[c % PALETTE.length], name]);
       if (mode === "label") legend.push([GREY, "(no label)"]);
     }
@@ -233,7 +233,7 @@
       const m = NBR[i * k + j];
       if (m < 0) continue;
       const item = el("div", "neighbour"), text = el("div");
-      text.append(el("div", "sim", SIM[i * k + j].toFixed(4)), el("div", "name", rowName(m)));
+      text.append(el("div", "sim", (SIM[i * k + j] * 2 / data.sim_steps - 1).toFixed(4)), el("div", "name", rowName(m)));
       if (LAB[m] >= 0) text.append(el("div", "label", labelOf(m)));
       text.append(sourceLink(m));
       item.append(thumbnail(m), text);
