@@ -195,16 +195,20 @@ def open_rows(table_dir) -> int:
 
 # ---- explore (issue 21): the explorer page; the work is in src/pages
 def add_explore_parser(sub) -> None:
-    e = sub.add_parser("explore", help="one self-contained HTML page: a map of the rows", formatter_class=cli.HelpFormatter)
+    e = sub.add_parser("explore", help="one self-contained HTML page: a map of the rows",
+                       formatter_class=cli.HelpFormatter)
     e.add_argument("--table_dir", required=True)
     e.add_argument("--output", required=True, help="the HTML file to write")
     e.add_argument("--labels", default=None, help="path,label CSV (as vjepa2_probe.py reads it)")
-    e.add_argument("--color_by", choices=pages.COLOR_MODES, default="auto", help="auto: label with --labels, else source")
+    e.add_argument("--color_by", choices=pages.COLOR_MODES, default="auto",
+                   help="auto: label with --labels, else source")
     e.add_argument("--max_points", type=int, default=pages.DEFAULT_MAX_POINTS, help="rows shown (sampled beyond)")
-    e.add_argument("--max_thumbnails", type=int, default=pages.DEFAULT_MAX_THUMBNAILS, help="rows with a thumbnail (sampled)")
+    e.add_argument("--max_thumbnails", type=int, default=pages.DEFAULT_MAX_THUMBNAILS,
+                   help="rows with a thumbnail (sampled)")
     e.add_argument("--thumbnails", action="store_true", default=True, help="preview frames on hover (the default)")
     e.add_argument("--no_thumbnails", dest="thumbnails", action="store_false", help="points and text only")
-    e.add_argument("-k", "--neighbors", type=int, default=pages.DEFAULT_NEIGHBORS, help="nearest rows listed per row")
+    e.add_argument("-k", "--neighbors", type=int, default=pages.DEFAULT_NEIGHBORS,
+                   help="nearest rows listed per row (0: none; costs an exact pass over the table per 2 048 rows)")
     e.add_argument("--seed", type=int, default=0, help="sampling, map and clusters")
 
 
@@ -221,7 +225,8 @@ def run_explore(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
-    return {"table": make_table, "search": run_search, "duplicates": run_duplicates, "explore": run_explore}[args.command](args)
+    commands = {"table": make_table, "search": run_search, "duplicates": run_duplicates, "explore": run_explore}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ def start_browser():
 def first_paint_ms(driver, page: Path, candidate: str) -> float:
     """Navigation start → the first animation frame after the plot is drawn, in ms."""
     watcher = ("(function () { const ready = () => { try { return !!(" + READY[candidate] + "); } catch (e) {"
-               " return false; } }; function tick() { if (ready()) { requestAnimationFrame(t => { window.__painted = t; });"
+               " return false; } }; function tick() { if (ready()) {"
+               " requestAnimationFrame(t => { window.__painted = t; });"
                " return; } requestAnimationFrame(tick); } requestAnimationFrame(tick); })();")
     script = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _DEEP + watcher})
     try:

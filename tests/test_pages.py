@@ -213,7 +213,8 @@ def test_package_index_links_every_file_and_is_in_the_zip(package):
     meta = json.loads((package / "package" / "metadata.json").read_text())
     data = page_data(index)
     packaged = {f["name"] for f in meta["files"]}
-    assert "index.html" in packaged and {f["name"] for f in data["files"]} == packaged - {"index.html"} | {"metadata.json"}
+    assert "index.html" in packaged
+    assert {f["name"] for f in data["files"]} == packaged - {"index.html"} | {"metadata.json"}
     assert "videos/stacked.mp4" in {v["name"] for v in data["videos"]}
     assert data["settings"]["model"] == "random:tiny"
     assert len(data["windows"]) == 2
@@ -228,6 +229,21 @@ def test_package_index_links_every_file_and_is_in_the_zip(package):
     with zipfile.ZipFile(package / "run_package.zip") as zf:
         assert set(zf.namelist()) == packaged | {"metadata.json"}
         assert zf.read("index.html") == index.read_bytes()
+
+
+def test_visualize_embeddings_writes_an_index_of_its_folder(package, tmp_path):
+    import visualize_embeddings
+
+    out = tmp_path / "pics"
+    code = cli.run(visualize_embeddings.main, [str(package / "features"), "--output_dir", str(out), "--method", "pca",
+                                               "--no_overlay"])
+    assert code == cli.EXIT_OK
+    data = page_data(out / "index.html")
+    assert data["settings"]["method"] == "pca"
+    assert [w["window"] for w in data["windows"]] == ["window_00000", "window_00001"]
+    assert {f["name"] for f in data["files"]} == {p.relative_to(out).as_posix() for p in out.rglob("*")
+                                                   if p.is_file() and p.name != "index.html"}
+    assert len(data["hrefs"]) == 16  # 2 windows x 8 temporal tokens
 
 
 def test_index_shows_hostile_names_as_text(tmp_path):
@@ -245,7 +261,7 @@ def test_index_shows_hostile_names_as_text(tmp_path):
 
 
 def _chromium() -> tuple[str | None, str | None]:
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     return browser, shutil.which("chromedriver")
 
 
@@ -304,6 +320,8 @@ def test_explorer_in_chromium_draws_every_row_and_hovers(browser, explored):
         assert tooltip.get_attribute("data-row") == str(i) and tooltip.is_displayed()
         assert f"path: {ids[i]}" in tooltip.text and "frames:" in tooltip.text
         assert tooltip.find_element("tag name", "img").get_attribute("src").startswith("data:image/jpeg")
+    requested = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(url.startswith(("file:", "data:")) for url in requested), requested  # nothing from a host
     shot = Image.open(io.BytesIO(browser.find_element("id", "map").screenshot_as_png)).convert("RGB")
     colours = np.unique(np.asarray(shot).reshape(-1, 3), axis=0)
     assert len(colours) > 4  # points in several label colours on the white map, not a blank canvas
@@ -316,7 +334,8 @@ def test_hostile_name_and_label_stay_text_in_chromium(browser, explored):
     _, page, _, images = explored
     open_page(browser, page)
     hostile = browser.execute_script(
-        "return Array.from({length: 11}, (_, i) => window.explorer.rowName(i)).findIndex(n => n.endsWith(arguments[0]))",
+        "return Array.from({length: 11}, (_, i) => window.explorer.rowName(i))"
+        ".findIndex(n => n.endsWith(arguments[0]))",
         HOSTILE)
     tooltip = hover_row(browser, hostile)
     assert HOSTILE in tooltip.text and HOSTILE_LABEL in tooltip.text
