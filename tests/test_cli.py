@@ -39,27 +39,39 @@ def test_cuda_index_beyond_the_visible_gpus(two_gpus):
 
 def test_auto_dtype_bf16_only_where_the_gpu_has_it(two_gpus, monkeypatch, caplog):
     gpu = torch.device("cuda:0")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert cli.resolve_dtype("auto", gpu) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     with caplog.at_level(logging.WARNING):
         assert cli.resolve_dtype("auto", gpu) == torch.float16
     assert "Tesla V100-SXM2-16GB has no native bf16: using fp16" in caplog.text
     assert cli.resolve_dtype("fp32", gpu) == torch.float32  # an explicit choice is kept
 
 
-def test_refused_run_leaves_no_empty_output_folder(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_bf16_capability_is_read_on_the_process_own_device(two_gpus, monkeypatch):
+    """A V100 as cuda:0 beside an A100 as cuda:1: a process told to use cuda:1 gets bf16, whatever
+    device is current; one on cuda:0 gets fp16."""
+    capabilities = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capabilities[torch.device(device).index if device is not None else 0])
+    assert cli.resolve_dtype("auto", torch.device("cuda:1")) == torch.bfloat16
+    assert cli.resolve_dtype("auto", torch.device("cuda:0")) == torch.float16
 
-    repo = Path(__file__).resolve().parents[1]
-    frames = str(repo / "examples" / "frames")
-    existing = tmp_path / "existing"
-    existing.mkdir()
-    for out in (tmp_path / "new" / "deeper", existing):
-        proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", "--model", "random:tiny", "--device", "cpu",
-                               "--frame_dir", frames, "--first_frame", "99", "--output_dir", str(out)],
-                              cwd=repo, capture_output=True, text=True)
-        assert proc.returncode == 2 and "from frame 99 on" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # made by this run: removed; the user's: kept
+
+def test_tf32_is_opt_in_and_cuda_only(caplog):
+    from src.device import set_tf32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(False, torch.device("cuda:0"))
+        with caplog.at_level(logging.WARNING):
+            set_tf32(True, torch.device("cpu"))
+        assert "--tf32 applies to CUDA devices only" in caplog.text
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        set_tf32(True, torch.device("cuda:0"))
+        assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
+        set_tf32(False, torch.device("cuda:0"))
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,5 +1,5 @@
 """The seed's Python API: constructor arguments (`device`, `use_fp16`) on both extractor classes,
-and the README's snippets run as written."""
+and the extraction guide's snippets (docs/extraction.md) run as written."""
 from __future__ import annotations
 
 import json
@@ -41,8 +41,8 @@ def fake_hub_cache(cache: Path, repo_id: str, seed: int) -> None:
 
 
 def readme_api_blocks() -> list[str]:
-    """The README's python blocks that use the extractor classes, in order."""
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    """The python blocks of the extraction guide (docs/extraction.md) that use the extractor classes, in order."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "extraction.md").read_text(), flags=re.S)
     return [b for b in blocks if "Extractor(" in b]
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "CenterCrop",
     "Normalize",
     "ClipToTensor",
+    "ClipToUint8Tensor",
+    "normalize_uint8_clips",
     "center_crop_box",
     "resize_short_side_hw",
     "short_side_for_crop",
@@ -338,20 +340,61 @@ class Normalize:
         return f"{self.__class__.__name__}(mean={self.mean}, std={self.std})"
 
 
-def make_eval_transform(crop_size: int = 256) -> Compose:
+def make_eval_transform(crop_size: int = 256, normalize: bool = True) -> Compose:
     """V-JEPA 2 eval transform: short-side resize, centre crop, to tensor, ImageNet norm.
 
     Input: numpy ``[T, H, W, C]`` uint8 (or torch ``[T, C, H, W]`` uint8).
-    Output: float32 torch ``[C, T, crop_size, crop_size]``.
+    Output: float32 torch ``[C, T, crop_size, crop_size]``; with ``normalize=False`` the uint8
+    crop ``[C, T, crop_size, crop_size]``, to be normalised on the device by
+    :func:`normalize_uint8_clips` (a quarter of the bytes through shared memory and the bus).
     """
-    return Compose(
-        [
-            Resize(short_side_for_crop(crop_size), interpolation="bilinear"),
-            CenterCrop(crop_size),
-            ClipToTensor(div_255=True),
-            Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-        ]
-    )
+    head = [Resize(short_side_for_crop(crop_size), interpolation="bilinear"), CenterCrop(crop_size)]
+    if not normalize:
+        return Compose([*head, ClipToUint8Tensor()])
+    return Compose([*head, ClipToTensor(div_255=True), Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+
+
+class ClipToUint8Tensor:
+    """A uint8 clip as a uint8 torch tensor ``[C, T, H, W]`` (numpy ``[T, H, W, C]`` or torch
+    ``[T, C, H, W]``; one channel repeated to three), contiguous, for normalisation later."""
+
+    def __call__(self, clip) -> torch.Tensor:
+        if isinstance(clip, np.ndarray):
+            if clip.ndim != 4 or clip.shape[3] not in (1, 3):
+                raise ValueError(f"ClipToUint8Tensor: numpy clip must be [T, H, W, 1|3], got shape {clip.shape}")
+            tensor = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2)
+        elif isinstance(clip, torch.Tensor):
+            if clip.ndim != 4 or clip.shape[1] not in (1, 3):
+                raise ValueError(f"ClipToUint8Tensor: torch clip must be [T, 1|3, H, W], got shape {tuple(clip.shape)}")
+            tensor = clip.permute(1, 0, 2, 3)
+        else:
+            raise TypeError(f"ClipToUint8Tensor: expected a numpy array or torch tensor, got {type(clip)}")
+        if tensor.dtype != torch.uint8:
+            raise ValueError(f"ClipToUint8Tensor: expected uint8 frames, got {tensor.dtype} "
+                             "(use the normalising transform for other dtypes)")
+        if tensor.shape[0] == 1:
+            tensor = tensor.expand(3, *tensor.shape[1:])
+        return tensor.contiguous()
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}()"
+
+
+def normalize_uint8_clips(clips: torch.Tensor, dtype: torch.dtype = torch.float32,
+                          mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                          std: Sequence[float] = IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """uint8 ``[..., C, T, H, W]`` on any device → ``(x / 255 - mean) / std`` in float32, then
+    ``dtype``: the same operations, in the same order and precision, as ``ClipToTensor`` +
+    ``Normalize`` on the CPU, so features equal those of the CPU-normalised clips."""
+    if clips.dtype != torch.uint8:
+        raise ValueError(f"normalize_uint8_clips: expected uint8 clips, got {clips.dtype}")
+    channel_dim = clips.ndim - 4
+    shape = [1] * clips.ndim
+    shape[channel_dim] = len(mean)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=clips.device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=clips.device).view(shape)
+    out = (clips.to(torch.float32) / 255.0 - mean_t) / std_t
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def eval_crop_box(height: int, width: int, crop_size: int) -> Dict[str, object]:
@@ -395,18 +438,16 @@ def patch_aligned_hw(height: int, width: int, short_side: int, multiple: int) ->
     return (short_side, aligned) if height <= width else (aligned, short_side)
 
 
-def make_full_frame_transform(short_side: int, multiple: int = 16) -> Compose:
+def make_full_frame_transform(short_side: int, multiple: int = 16, normalize: bool = True) -> Compose:
     """Whole-frame transform: patch-aligned resize (no crop), to tensor, ImageNet norm.
 
-    Output: float32 torch ``[C, T, H, W]`` with ``H, W`` from :func:`patch_aligned_hw`.
+    Output: float32 torch ``[C, T, H, W]`` with ``H, W`` from :func:`patch_aligned_hw`; with
+    ``normalize=False`` the uint8 ``[C, T, H, W]`` (see :func:`make_eval_transform`).
     """
-    return Compose(
-        [
-            PatchAlignedResize(short_side, multiple, interpolation="bilinear"),
-            ClipToTensor(div_255=True),
-            Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-        ]
-    )
+    head = [PatchAlignedResize(short_side, multiple, interpolation="bilinear")]
+    if not normalize:
+        return Compose([*head, ClipToUint8Tensor()])
+    return Compose([*head, ClipToTensor(div_255=True), Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
 
 def full_frame_box(height: int, width: int, short_side: int, multiple: int = 16) -> Dict[str, object]:

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Our CPU encoder against what a CPU user would pick instead, in one process, interleaved.
+
+    python bench/peers.py [--quick] [--threads 2] [--depth 4]
+
+Contestants, on the same random weights, the same clip and the same thread count:
+  ours          the encoder as the scripts run it (`ClipEncoder.encode`, fp32 compute)
+  transformers  transformers.VJEPA2Model (weights through our `encoder_to_hf`)
+  onnxruntime   our encoder exported with torch.onnx.export (opset 18), CPUExecutionProvider
+  openvino      the same ONNX file compiled by OpenVINO for the CPU, f32 inference precision
+                (its default on CPUs with AMX / AVX-512 BF16 is bf16, which would not be exact)
+  matmul        the encoder's GEMMs alone (torch.mm / bmm at its shapes): the machine's matmul
+                rate, against which our GFLOP/s is given as a share
+Every contestant's output is checked against ours in fp32 (max |Δ| ≤ 1e-4) before it is timed;
+an inexact one is reported, not raced. Wall times are medians of interleaved runs (A B C D A B
+C D …), so load from other processes hits every contestant alike; process CPU time is recorded
+too. Missing optional packages (onnxruntime, openvino) are reported as such.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src.inference import ClipEncoder  # noqa: E402
+from src.models.vision_transformer import count_forward_flops  # noqa: E402
+from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def cpu_flags() -> list[str]:
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(words & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def transformers_contestant(encoder) -> callable:
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    model = VJEPA2Model(VJEPA2Config(**{**hf_config_dict(encoder), "pred_num_hidden_layers": 1})).eval()
+    state = model.state_dict()
+    state.update(encoder_to_hf(encoder.state_dict()))
+    model.load_state_dict(state, strict=True)
+
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> np.ndarray:
+        return model(pixel_values_videos=x.transpose(1, 2), skip_predictor=True).last_hidden_state.numpy()
+    return run
+
+
+def export_onnx(encoder, x: torch.Tensor, path: Path) -> Path:
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(encoder, (x,), str(path), opset_version=18, dynamo=True, input_names=["clip"],
+                          output_names=["tokens"], verbose=False)
+    return path
+
+
+def onnxruntime_contestant(path: Path, threads: int) -> callable:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def openvino_contestant(path: Path, threads: int) -> callable:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x.numpy()})[compiled.output(0)].copy()
+
+
+def matmul_contestant(model, frames: int, size: int) -> callable:
+    """The encoder's GEMMs alone, as plain torch.mm / bmm at its shapes (patch embedding as a
+    matmul; per block qkv, attention scores, attention × values, projection, MLP in and out):
+    the machine's matmul rate for this model, the ceiling our GFLOP/s is measured against."""
+    tp, hp, wp = model.patch_grid(frames, size, size)
+    n, d, heads = tp * hp * wp, model.embed_dim, model.num_heads
+    hidden = int(d * model.mlp_ratio)
+    patch_in = 3 * model.tubelet_size * model.patch_size ** 2
+    g = torch.Generator().manual_seed(0)
+    tokens, patches = torch.randn(n, d, generator=g), torch.randn(n, patch_in, generator=g)
+    w = {k: torch.randn(*s, generator=g) for k, s in
+         {"patch": (patch_in, d), "qkv": (d, 3 * d), "proj": (d, d), "fc1": (d, hidden), "fc2": (hidden, d)}.items()}
+    mlp_in = torch.randn(n, hidden, generator=g)
+    q = torch.randn(heads, n, d // heads, generator=g)
+
+    @torch.inference_mode()
+    def run(_x):
+        torch.mm(patches, w["patch"])
+        for _ in range(model.depth):
+            torch.mm(tokens, w["qkv"])
+            scores = torch.bmm(q, q.transpose(1, 2))
+            torch.bmm(scores, q)
+            torch.mm(tokens, w["proj"])
+            torch.mm(tokens, w["fc1"])
+            torch.mm(mlp_in, w["fc2"])
+    return run
+
+
+def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str = "vit_large",
+         reps: int | None = None) -> dict:
+    torch.set_num_threads(threads)
+    reps = reps or (3 if quick else 6)
+    frames, size = 16, 256
+    ours = ClipEncoder(f"random:{width_arch},depth={depth}", device="cpu", dtype="fp32")
+    model = ours.model
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, frames, size, size)
+    with torch.inference_mode():
+        reference = model(x).float().numpy()
+    contestants = {"ours": lambda clip: ours.encode(clip), "matmul": matmul_contestant(model, frames, size)}
+    result = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": threads,
+              "model": f"{width_arch} width, depth {depth}, {frames}x{size}x{size}, fp32",
+              "gflop_per_clip": count_forward_flops(model, frames, size, size) / 1e9, "contestants": {}}
+    result["contestants"]["ours"] = {"max_abs_diff": 0.0}
+    result["contestants"]["matmul"] = {"max_abs_diff": float("nan")}
+    builders = {"transformers": lambda: transformers_contestant(model)}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = None
+        try:
+            onnx_path = export_onnx(model, x, Path(tmp) / "encoder.onnx")
+        except Exception as exc:  # the runtimes are optional; an export failure is a result
+            result["onnx_export_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if onnx_path:
+            builders["onnxruntime"] = lambda: onnxruntime_contestant(onnx_path, threads)
+            builders["openvino"] = lambda: openvino_contestant(onnx_path, threads)
+        for name, build in builders.items():
+            try:
+                fn = build()
+                diff = float(np.abs(np.asarray(fn(x), dtype=np.float32) - reference).max())
+            except ImportError as exc:
+                result["contestants"][name] = {"skipped": f"not installed ({exc.name})"}
+                continue
+            result["contestants"][name] = {"max_abs_diff": diff}
+            if diff <= TOLERANCE:
+                contestants[name] = fn
+            else:
+                result["contestants"][name]["skipped"] = f"inexact: max |Δ| {diff:.2e} > {TOLERANCE}"
+        walls = {name: [] for name in contestants}
+        cpus = {name: [] for name in contestants}
+        for fn in contestants.values():  # warm-up: first-call allocations, OpenVINO's kernel choice
+            fn(x)
+        for _ in range(reps):
+            for name, fn in contestants.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn(x)
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append(time.process_time() - cpu)
+    for name in contestants:
+        entry = result["contestants"][name]
+        entry.update(wall_median_s=statistics.median(walls[name]), wall_min_s=min(walls[name]),
+                     cpu_median_s=statistics.median(cpus[name]), runs=reps)
+        entry["gflop_s"] = result["gflop_per_clip"] / entry["wall_median_s"]
+    ours_s = result["contestants"]["ours"]["wall_median_s"]
+    for name in contestants:
+        result["contestants"][name]["ours_speedup"] = result["contestants"][name]["wall_median_s"] / ours_s
+    result["ours_share_of_matmul_rate"] = result["contestants"]["matmul"]["wall_median_s"] / ours_s
+    raced = {n: e for n, e in result["contestants"].items() if n not in ("ours", "matmul") and "wall_median_s" in e}
+    if raced:
+        fastest = min(raced, key=lambda n: raced[n]["wall_median_s"])
+        result["fastest_peer"] = fastest
+        result["ours_vs_fastest_peer"] = raced[fastest]["wall_median_s"] / ours_s
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"CPU: {result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, torch "
+             f"{result['torch']}; {result['model']}", "",
+             "| contestant | max abs Δ vs ours | wall median (s) | CPU time (s) | GFLOP/s | ours is … × faster |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, e in result["contestants"].items():
+        if "wall_median_s" in e:
+            lines.append(f"| {name} | {e['max_abs_diff']:.1e} | {e['wall_median_s']:.3f} | {e['cpu_median_s']:.3f} "
+                         f"| {e['gflop_s']:.0f} | {e['ours_speedup']:.2f} |")
+        else:
+            lines.append(f"| {name} | {e.get('max_abs_diff', float('nan')):.1e} | {e['skipped']} | | | |")
+    lines.append("")
+    lines.append(f"ours at {100 * result['ours_share_of_matmul_rate']:.0f} % of the matmul rate at its shapes"
+                 + (f"; {result['ours_vs_fastest_peer']:.2f}× the fastest peer ({result['fastest_peer']})"
+                    if "fastest_peer" in result else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "peers.json")
+    args = parser.parse_args(argv)
+    result = race(args.quick, args.threads, args.depth, reps=args.reps)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
