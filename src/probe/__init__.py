@@ -11,7 +11,7 @@
 
 Every name is importable from `src.probe` as before the split.
 """
-from src.probe.labels import SPLITS, LabelRow, file_digest, listed, read_labels
+from src.probe.labels import SPLITS, LabelRow, file_digest, listed, load_class_names, read_labels
 from src.probe.data import (
     EXTRACTION_KEYS, Clip, FeatureIndex, FeatureRef, ViewDataset, ViewReader, clip_views, collate_views,
     describe_difference, encoder_identity, resolve_clips, split_clips, survey_views,
@@ -35,7 +35,7 @@ from src.probe.classify import (
 _listed = listed  # the name before the split
 
 __all__ = [
-    "SPLITS", "LabelRow", "file_digest", "listed", "read_labels",
+    "SPLITS", "LabelRow", "file_digest", "listed", "load_class_names", "read_labels",
     "EXTRACTION_KEYS", "Clip", "FeatureIndex", "FeatureRef", "ViewDataset", "ViewReader", "clip_views",
     "collate_views", "describe_difference", "encoder_identity", "resolve_clips", "split_clips", "survey_views",
     "PROBE_FORMAT", "LoadedProbe", "ProbeConfig", "build_probe", "check_encoder_record", "check_features_match",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +60,18 @@ def read_labels(path: str | os.PathLike) -> list[LabelRow]:
 def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
+
+
+def load_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names by index from a JSON object {"0": name, …} or a CSV with id,name columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classes file not found")
+    if path.suffix == ".json":
+        mapping = {int(k): v for k, v in json.loads(path.read_text()).items()}
+    else:
+        with path.open(newline="") as f:
+            mapping = {int(row["id"]): row["name"] for row in csv.DictReader(f)}
+    if sorted(mapping) != list(range(len(mapping))):
+        raise UsageError(f"{path}: class indices are not 0..{len(mapping) - 1}")
+    return [mapping[i] for i in range(len(mapping))]
