@@ -21,9 +21,11 @@ import torch
 
 from src import cli
 from src.datasets.utils.video.transforms import make_eval_transform
-from src.demo import SAMPLE_VIDEO, find_video, hf_processor_difference, load_demo_probe, load_hf_model, read_clip  # noqa: F401
+from src.demo import (  # noqa: F401  (SAMPLE_VIDEO, read_clip: names this script offered)
+    SAMPLE_VIDEO, find_video, hf_processor_difference, load_demo_probe, load_hf_model, probe_classes, read_clip,
+)
 from src.models.weights import load_encoder
-from src.probe import load_class_names
+from src.probe import load_class_names  # noqa: F401  (a name this script offered)
 
 logger = logging.getLogger("vjepa2_demo")
 
@@ -48,7 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
     p.add_argument("--img_size", type=int, default=None,
                    help="crop size (default: the HF config's, else the model's: 384 for 2.1 files, 256 for 2.0)")
-    p.add_argument("--classes", default=str(DEFAULT_CLASSES), help="class names: JSON {index: name} or CSV id,name")
+    p.add_argument("--classes", default=None,
+                   help="class names: JSON {index: name} or [names], or CSV id,name (default: those a probe of "
+                        "vjepa2_probe.py records, else data/ssv2_classes.json; given with such a probe, they must "
+                        "match its own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     return p
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.resolve_device(args.device)
     if args.hf_model.lower() == "none" and not args.pt_model:
         raise cli.UsageError("nothing to run: --hf_model none and no --pt_model (give at least one model)")
-    classes = load_class_names(args.classes) if args.probe else None
+    classes, classes_from = probe_classes(args.probe, args.classes, DEFAULT_CLASSES) if args.probe else (None, None)
     video = find_video(args.video)
 
     if args.probe and not args.pt_model:
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if ours is not None:
         ours.img_size = crop  # nominal only (RoPE follows the input), but model_info reports it
     if args.probe:  # every check before any video is decoded or any model is run
-        probe = load_demo_probe(args.probe, ours, classes, args.classes, device)
+        probe = load_demo_probe(args.probe, ours, classes, classes_from, device)
 
     frames = read_clip(video, args.num_frames)
     clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from src import cli
+from src.guards import refuse_folder_as_file
 from src.probe import (
-    SPLITS, Runtime, TrainSettings, evaluate_probe, feature_sources, labelled_clips, load_probe, plan_training, predict,
-    train_probe,
+    SPLITS, Runtime, TrainSettings, evaluate_probe, feature_sources, labelled_clips, listed, load_probe, plan_training,
+    predict, train_probe,
 )
 from src.windows import default_num_workers
 
@@ -139,11 +139,11 @@ def eval_command(args) -> int:
 def predict_command(args) -> int:
     if not args.features and not args.inputs:
         raise cli.UsageError("nothing to classify: give --features (folders or feature files) or --inputs (raw)")
+    output = refuse_folder_as_file(args.output, "--output")
     probe = load_probe(args.probe)
     sources = feature_sources(args.features)
-    output = Path(args.output)
     cli.check_output_dir(output.parent)
-    count, views = predict(probe, sources, args.inputs, _runtime(args), output, args.top_k, ", ".join(args.features),
+    count, views = predict(probe, sources, args.inputs, _runtime(args), output, args.top_k, listed(args.features, 3),
                            model=args.model, checkpoint_key=args.checkpoint_key)
     print(f"done: {count} inputs ({views} views) classified → {output}")
     return cli.EXIT_OK

@@ -11,7 +11,8 @@ import torch
 from src.errors import ConfigError, ModelSpecError
 from src.frames import VideoReader
 from src.models.weights import load_classifier, model_info
-from src.probe.model import check_encoder_record
+from src.probe.labels import load_class_names
+from src.probe.model import check_encoder_record, recorded_classes
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,26 @@ def hf_processor_difference(frames: np.ndarray, ours: torch.Tensor, crop: int) -
         return f"unavailable here ({type(exc).__name__})"
     diff = (theirs.permute(0, 2, 1, 3, 4) - ours).abs()
     return float(diff.mean()), float(diff.max())
+
+
+def probe_classes(probe: str, classes_file: str | None, default_file: str | Path) -> tuple[list[str], str]:
+    """(class names by index, where they come from) for `probe`: those a probe of vjepa2_probe.py
+    records (a --classes file must then list the same names in the same order: refused otherwise,
+    never shown under the wrong names), else the --classes file (default: `default_file`)."""
+    recorded = None if probe.startswith("random:") or not Path(probe).is_file() else recorded_classes(probe)
+    if recorded is None:
+        path = classes_file or str(default_file)
+        return load_class_names(path), path
+    if classes_file is not None:
+        given = load_class_names(classes_file)
+        if given != recorded:
+            where = next((i for i, (a, b) in enumerate(zip(given, recorded)) if a != b), min(len(given), len(recorded)))
+            found = f"'{given[where]}'" if where < len(given) else "nothing"
+            wanted = f"'{recorded[where]}'" if where < len(recorded) else "nothing"
+            raise ConfigError(f"--classes {classes_file}: {len(given)} names that differ from the {len(recorded)} "
+                              f"{probe} records (index {where}: {found}, the probe: {wanted}); leave --classes out "
+                              "to use the probe's own")
+    return recorded, probe
 
 
 def load_demo_probe(spec: str, encoder, classes: list[str], classes_path: str, device: torch.device):

@@ -18,7 +18,7 @@ from src.probe.data import (
 )
 from src.probe.model import (
     PROBE_FORMAT, LoadedProbe, ProbeConfig, build_probe, check_encoder_record, check_features_match, forward_batch,
-    load_probe, save_probe,
+    load_probe, recorded_classes, save_probe,
 )
 from src.probe.train import (
     Candidate, ProbeTrainer, TrainSettings, TrainState, class_weight_tensor, clip_loss, epoch_order, evaluate_clips,
@@ -39,7 +39,7 @@ __all__ = [
     "EXTRACTION_KEYS", "Clip", "FeatureIndex", "FeatureRef", "ViewDataset", "ViewReader", "clip_views",
     "collate_views", "describe_difference", "encoder_identity", "resolve_clips", "split_clips", "survey_views",
     "PROBE_FORMAT", "LoadedProbe", "ProbeConfig", "build_probe", "check_encoder_record", "check_features_match",
-    "forward_batch", "load_probe", "save_probe",
+    "forward_batch", "load_probe", "recorded_classes", "save_probe",
     "Candidate", "ProbeTrainer", "TrainSettings", "TrainState", "class_weight_tensor", "clip_loss", "epoch_order",
     "evaluate_clips", "lr_at",
     "classification_metrics", "plot_confusion", "top_k_header", "top_k_rows", "write_csv", "write_json",

@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.errors import UsageError
+from src.guards import refuse_output_over_input
 from src.features import load_chunk, load_features
 from src.probe.data import Clip, FeatureIndex, FeatureRef, ViewDataset, ViewReader, collate_views, encoder_identity, \
     resolve_clips, survey_views
 from src.probe.encode import encode_raw_input
-from src.probe.labels import read_labels
+from src.probe.labels import listed, read_labels
 from src.probe.model import LoadedProbe, check_features_match
 from src.probe.report import classification_metrics, plot_confusion, top_k_header, top_k_rows, write_csv, write_json
 from src.probe.train import evaluate_clips
@@ -45,6 +46,16 @@ def classify_views(probe: LoadedProbe, clips_views: list[list[FeatureRef]], runt
 
 
 # ----------------------------------------------------------------------------- eval
+EVAL_OUTPUTS = ("metrics.json", "per_class.csv", "confusion_matrix.png", "predictions.csv")
+
+
+def clip_inputs(clips: list[Clip]) -> list[tuple[str, Path]]:
+    """The feature files and manifests the clips are read from."""
+    files = sorted({ref.file for clip in clips for ref in clip.views})
+    manifests = sorted({f.parent / "manifest.jsonl" for f in files})
+    return [("a feature file", f) for f in files] + [("a manifest", m) for m in manifests]
+
+
 def labelled_clips(probe: LoadedProbe, labels: str | os.PathLike, features: list[str], split: str) -> list[Clip]:
     """The clips of a labels CSV (of one split, or 'all') the probe can be evaluated on."""
     rows = read_labels(labels)
@@ -56,15 +67,17 @@ def labelled_clips(probe: LoadedProbe, labels: str | os.PathLike, features: list
             raise UsageError(f"{labels}: no rows in split '{split}'")
     unknown = sorted({r.label for r in rows} - set(probe.classes))
     if unknown:
-        raise UsageError(f"{labels}: label(s) the probe does not know: {', '.join(unknown)} "
-                         f"(it knows {', '.join(probe.classes)})")
+        raise UsageError(f"{labels}: label(s) the probe does not know: {listed(unknown)} "
+                         f"(it knows {listed(probe.classes)})")
     return resolve_clips(rows, FeatureIndex(features), probe.classes, labels)
 
 
 def evaluate_probe(probe: LoadedProbe, clips: list[Clip], runtime: Runtime, out: Path, labels: str | os.PathLike,
                    split: str, top_k: int) -> dict:
     """Metrics of the probe on `clips`; metrics.json, per_class.csv, confusion_matrix.png and
-    predictions.csv written to `out`."""
+    predictions.csv written to `out` (refused, before any work, where one would replace an input)."""
+    refuse_output_over_input([("the output", out / name) for name in EVAL_OUTPUTS],
+                             [("--probe", probe.path), ("--labels", Path(labels)), *clip_inputs(clips)])
     targets = [c.label for c in clips]
     probs = classify_views(probe, [c.views for c in clips], runtime, str(labels))
     metrics = classification_metrics(probs, torch.tensor(targets), len(probe.classes))
@@ -157,6 +170,9 @@ def predict(probe: LoadedProbe, sources: dict[str, list[FeatureRef]], inputs: li
             output: Path, top_k: int, where: str, model: str | None = None, checkpoint_key: str | None = None
             ) -> tuple[int, int]:
     """Top-k labels of every source and raw input into the CSV `output`: (inputs, views)."""
+    views_of = [Clip(name, 0, name, refs) for name, refs in sources.items()]
+    refuse_output_over_input([("--output", output)], [("--probe", probe.path), *clip_inputs(views_of),
+                                                      *(("an --inputs entry", Path(p)) for p in inputs)])
     names = list(sources)
     views = [len(sources[n]) for n in names]
     probs = classify_views(probe, [sources[n] for n in names], runtime, where) if names else None

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from src.errors import UsageError
 from src.features import latest_status, load_chunk, load_features
-from src.probe.labels import LabelRow, listed
+from src.probe.labels import LabelRow, listed, path_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class FeatureIndex:
         self.group: dict[str, str] = {}
         self.sources: dict[str, list[FeatureRef]] = defaultdict(list)  # as recorded: videos, folders, images
         self.manifests = 0
+        self.manifest_paths: list[Path] = []
         for folder in folders:
             folder = Path(folder)
             if not folder.is_dir():
@@ -59,6 +60,7 @@ class FeatureIndex:
 
     def _add_manifest(self, manifest: Path) -> None:
         self.manifests += 1
+        self.manifest_paths.append(manifest)
         for entry in latest_status(manifest).values():
             if entry.get("status") not in ("ok", "skipped") or not entry.get("output"):
                 continue
@@ -71,21 +73,16 @@ class FeatureIndex:
                 self._add(source, ref, source)
 
     def _add(self, name: str, ref: FeatureRef, source: str) -> None:
-        for key in {os.path.normpath(name), _absolute(name)}:
+        for key in {os.path.normpath(name), path_key(name)}:
             self.views[key].append(ref)
             self.group[key] = source
 
     def lookup(self, name: str) -> tuple[list[FeatureRef], str] | None:
         """(views sorted by file, the source they come from) for a labels-file path, or None."""
-        for key in (os.path.normpath(name), _absolute(name)):
+        for key in (os.path.normpath(name), path_key(name)):
             if key in self.views:
                 return sorted(set(self.views[key]), key=lambda r: (str(r.file), r.key or "")), self.group[key]
         return None
-
-
-def _absolute(name: str) -> str:
-    base, sep, window = name.partition("#window")
-    return str(Path(base).expanduser().resolve()) + sep + window
 
 
 @dataclass
@@ -117,7 +114,8 @@ def resolve_clips(rows: list[LabelRow], index: FeatureIndex, classes: list[str],
 def split_clips(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list[Clip], list[Clip]]:
     """Train/val from the CSV's split column, else `val_fraction` of each class's source groups
     (windows of one video stay on one side), chosen with `seed`."""
-    if any(c.split for c in clips):
+    given = any(c.split for c in clips)  # the CSV's split column
+    if given:
         train, val = [c for c in clips if c.split == "train"], [c for c in clips if c.split == "val"]
     else:
         if not 0 < val_fraction < 1:
@@ -141,10 +139,12 @@ def split_clips(clips: list[Clip], val_fraction: float, seed: int) -> tuple[list
         for clip in clips:
             clip.split = "val" if clip.group in val_groups else "train"
     for name, part in (("train", train), ("val", val)):
+        if not part and given:
+            raise UsageError(f"the {name} split is empty ({len(clips)} labelled clips): label some rows '{name}'")
         if not part:
-            raise UsageError(f"the {name} split is empty ({len(clips)} labelled clips; "
-                             + ("label some rows 'train'/'val'" if any(c.split for c in clips) else
-                                "use more clips or another --val_fraction") + ")")
+            raise UsageError(f"the {name} split is empty: every class has too few videos to hold one out "
+                             f"({len(clips)} labelled clips from {len({c.group for c in clips})} source(s); a class "
+                             "needs at least 2 sources); label more videos, or give a split column")
     shared = {c.group for c in train} & {c.group for c in val}
     if shared:
         raise UsageError(f"windows of {len(shared)} source(s) are in both splits: {listed(sorted(shared), 5)} "

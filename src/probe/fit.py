@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from src.errors import UsageError
+from src.errors import ConfigError, UsageError
+from src.features import claim_output
+from src.guards import refuse_output_over_input
 from src.probe.data import Clip, FeatureIndex, ViewReader, clip_views, resolve_clips, split_clips, survey_views
-from src.probe.labels import file_digest, read_labels
+from src.probe.labels import file_digest, listed, read_labels
 from src.probe.model import ProbeConfig, save_probe
 from src.probe.report import write_csv, write_json
 from src.probe.train import ProbeTrainer, TrainSettings
@@ -33,6 +35,16 @@ class TrainingPlan:
     extraction: dict
     tokens: int
     width: int
+    manifests: list[Path]
+
+    def inputs(self) -> list[tuple[str, Path]]:
+        """Every file this run reads: the labels, the manifests, the feature files."""
+        views = sorted({ref.file for clip in self.clips for ref in clip.views})
+        return ([("--labels", self.labels)] + [("a manifest", m) for m in self.manifests]
+                + [("a feature file", f) for f in views])
+
+
+OUTPUT_NAMES = ("probe.pt", "classes.json", "splits.csv", "history.json", "train_state.pt")
 
 
 @dataclass
@@ -50,23 +62,36 @@ def plan_training(labels: str | os.PathLike, features: list[str], val_fraction: 
     classes = sorted({r.label for r in rows})
     if len(classes) < 2:
         raise UsageError(f"{labels}: only one class ('{classes[0]}'); a probe needs at least two")
-    clips = resolve_clips(rows, FeatureIndex(features), classes, labels)
+    index = FeatureIndex(features)
+    clips = resolve_clips(rows, index, classes, labels)
     train, val = split_clips(clips, val_fraction, seed)
     missing = sorted(set(classes) - {classes[c.label] for c in train})
     if missing:
-        raise UsageError(f"class(es) with no training clip: {', '.join(missing)} (label more clips or change the split)")
+        raise UsageError(f"class(es) with no training clip: {listed(missing)} (label more clips or change the split)")
     views = [ref for clip in clips for ref in clip.views]
     identity, extraction, (tokens, width) = survey_views(views, ViewReader())
     logger.info("%d classes; %d train clips (%d views), %d val clips (%d views); features %d tokens × %d from %s",
                 len(classes), len(train), len(clip_views(train)), len(val), len(clip_views(val)), tokens, width,
                 identity.get("model_name"))
     return TrainingPlan(Path(labels), [str(f) for f in features], classes, clips, train, val, identity, extraction,
-                        tokens, width)
+                        tokens, width, index.manifest_paths)
 
 
 def train_probe(plan: TrainingPlan, out: Path, settings: TrainSettings, device: torch.device, dtype: torch.dtype,
                 depth: int = 4, num_heads: int = 16, overwrite: bool = False) -> TrainingResult:
-    """Train (or resume, or find done) the probe of `plan` in the folder `out`."""
+    """Train (or resume, or find done) the probe of `plan` in the folder `out`. One run per folder
+    at a time: a second is refused while the first holds the folder's claim."""
+    refuse_output_over_input([("the output", out / name) for name in OUTPUT_NAMES], plan.inputs())
+    # the claim also removes a state file's temp copy left by a run killed while saving
+    with claim_output(out / "train_state.pt") as held:
+        if not held:
+            raise ConfigError(f"--output_dir {out}: another `vjepa2_probe.py train` is writing there now; wait for "
+                              "it to finish (rerunning then resumes or finds it done) or use another --output_dir")
+        return _train_in(plan, out, settings, device, dtype, depth, num_heads, overwrite)
+
+
+def _train_in(plan: TrainingPlan, out: Path, settings: TrainSettings, device: torch.device, dtype: torch.dtype,
+              depth: int, num_heads: int, overwrite: bool) -> TrainingResult:
     config = ProbeConfig(embed_dim=plan.width, num_classes=len(plan.classes), depth=depth, num_heads=num_heads)
     fingerprint = {
         "labels_sha256": file_digest(plan.labels), "probe": asdict(config),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from src.errors import UsageError
+from src.errors import ConfigError, UsageError
 from src.features import save_object
 from src.models.attentive_pooler import PROBE_NORM_EPS, AttentiveClassifier
 from src.models.weights import load_classifier
@@ -88,8 +88,24 @@ def load_probe(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     if meta.get("format") != PROBE_FORMAT or "classes" not in meta:
         raise UsageError(f"{path}: a probe without a label map or encoder record (not trained by vjepa2_probe.py "
                          "train); run released probes with vjepa2_demo.py --probe")
-    return LoadedProbe(model.eval(), meta["classes"], meta.get("encoder") or {}, meta.get("extraction") or {},
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) != model.num_classes:
+        count = len(classes) if isinstance(classes, list) else type(classes).__name__
+        raise ConfigError(f"{path}: records {count} class names but its head has {model.num_classes} outputs "
+                          "(a damaged or hand-edited probe file); train it again")
+    return LoadedProbe(model.eval(), classes, meta.get("encoder") or {}, meta.get("extraction") or {},
                        meta.get("training") or {}, path)
+
+
+def recorded_classes(probe_path: str | os.PathLike) -> list[str] | None:
+    """The class names a probe trained by vjepa2_probe.py records (None for released probes)."""
+    try:
+        meta = torch.load(probe_path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file: loading the probe itself says so, in one line
+        return None
+    if isinstance(meta, dict) and meta.get("format") == PROBE_FORMAT and isinstance(meta.get("classes"), list):
+        return list(meta["classes"])
+    return None
 
 
 def check_encoder_record(probe_path: str | os.PathLike, info: dict) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -57,11 +58,10 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return _replace(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def top_k_rows(names: list[str], views: list[int], probs: torch.Tensor, classes: list[str], k: int) -> list[list]:
@@ -77,17 +77,38 @@ def top_k_header(k: int, num_classes: int) -> list[str]:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    return _replace(path, write)
+
+
+def json_safe(value):
+    """`value` with every NaN / ±inf float as None: strict JSON (`null`), which every reader parses."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(path: Path, value) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n"
+    return _replace(path, lambda tmp: tmp.write_text(text))
+
+
+def _replace(path: Path, write) -> Path:
+    """`write(tmp)` next to `path`, then renamed onto it; the temp file never outlives a failure."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -37,6 +37,19 @@ class TrainSettings:
     seed: int = 0
     num_workers: int = 0
 
+    def __post_init__(self):
+        bad = [f"--lr {v}" for v in self.lrs if not (math.isfinite(v) and v > 0)]
+        bad += [f"--weight_decay {v}" for v in self.weight_decays if not (math.isfinite(v) and v >= 0)]
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            bad.append(f"--warmup_epochs {self.warmup_epochs}")
+        if not (math.isfinite(self.final_lr_ratio) and 0 <= self.final_lr_ratio <= 1):
+            bad.append(f"final_lr_ratio {self.final_lr_ratio}")
+        if self.patience < 0 or self.num_workers < 0:
+            bad.append(f"--patience {self.patience}" if self.patience < 0 else f"--num_workers {self.num_workers}")
+        if bad:
+            raise UsageError(f"{', '.join(bad)}: learning rates must be positive numbers, weight decays and "
+                             "--warmup_epochs finite and >= 0, --patience and --num_workers >= 0")
+
     def candidates(self) -> list[tuple[float, float]]:
         return list(itertools.product(self.lrs, self.weight_decays))
 
