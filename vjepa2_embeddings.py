@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from tqdm import tqdm
@@ -111,6 +112,10 @@ def run_search(args) -> int:
     out = Path(args.output_dir)
     refuse_output_over_input([("--output_dir", out)], [*query_files, ("the table folder", table.dir)])
     refuse_output_over_input([("matches.csv", out / "matches.csv")], query_files)
+    for flag, value in query_files:  # contact sheets are numbered per query: any of those names would do
+        if Path(value).resolve().parent == out.resolve() and fnmatch(Path(value).name, "contact_sheet_*.png"):
+            raise cli.UsageError(f"{flag} {value}: named like the contact sheets this search writes to "
+                                 f"--output_dir {out} (it would be replaced); choose another --output_dir")
     out = cli.check_output_dir(out)
     if args.row:
         queries = search.queries_from_row(table, args.row)
@@ -120,8 +125,6 @@ def run_search(args) -> int:
         queries = search.queries_from_media(table.config, image=args.image, video=args.video,
                                             start_frame=args.start_frame, frame_step=args.frame_step,
                                             device=args.device, dtype=args.dtype)
-    refuse_output_over_input([("a contact sheet", out / f"contact_sheet_{i:03d}.png") for i in range(len(queries))],
-                             query_files)
     import numpy as np
 
     scores, positions = search.top_k(table, np.stack([q.vector for q in queries]), args.k, args.block_rows)

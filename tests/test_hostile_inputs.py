@@ -150,11 +150,12 @@ def test_train_and_eval_outputs_over_their_labels_are_refused(trained, in_data, 
     assert code == 2 and f"the output {splits} is --labels {splits}" in err
     assert sorted(p.name for p in out.iterdir()) == ["splits.csv"]
     labels = write_rows(out / "predictions.csv", rows)
+    before.update(snapshot_bytes(labels))
     code, _, err = run_main(capsys, vjepa2_probe.main, "eval", "--probe", trained, "--labels", labels,
                             "--features", "feats", "--output_dir", out, "--device", "cpu")
     assert code == 2 and f"the output {labels} is --labels {labels}" in err
-    assert_unchanged({**before, **snapshot_bytes(labels)} if False else before)
-    assert labels.read_text().startswith("path,label")
+    assert_unchanged(before)
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "splits.csv"]
 
 
 def test_duplicates_output_over_a_table_part_is_refused(tmp_path, capsys):
@@ -182,6 +183,13 @@ def test_search_outputs_over_its_query_file_are_refused(token_files, tmp_path, c
     code, _, err = run_main(capsys, vjepa2_embeddings.main, "search", "--table_dir", tmp_path / "t",
                             "--features", query, "--output_dir", out, "--device", "cpu")
     assert code == 2 and f"matches.csv {query} is --features {query}" in err
+    assert_unchanged(before)
+    image = shutil.copy(FRAMES / "frame_0001.jpg", out / "contact_sheet_000.png")
+    before = snapshot_bytes(query, image)
+    code, _, err = run_main(capsys, vjepa2_embeddings.main, "search", "--table_dir", tmp_path / "t",
+                            "--image", image, "--output_dir", out, "--device", "cpu")
+    assert code == 2 and err == (f"error: --image {image}: named like the contact sheets this search writes to "
+                                 f"--output_dir {out} (it would be replaced); choose another --output_dir")
     assert_unchanged(before)
     code, _, err = run_main(capsys, vjepa2_embeddings.main, "search", "--table_dir", tmp_path / "t",
                             "--row", "x", "--output_dir", tmp_path / "t")
