@@ -282,8 +282,10 @@ def test_demo_names_classes_as_the_probe_records_them(demo_probe, tmp_path, caps
     expected = [(names[i], f"{100 * p:.2f}") for p, i in zip(*probs.topk(3))]
     import re
 
+    bom = tmp_path / "bom.csv"  # a CSV saved by a spreadsheet: a BOM before "id"
+    bom.write_bytes(b"\xef\xbb\xbfid,name\n0,zebra\n1,apple\n2,mango\n")
     for extra in ([], ["--classes", write_json(tmp_path / "same.json", {"0": "zebra", "1": "apple", "2": "mango"})],
-                  ["--classes", write_json(tmp_path / "list.json", names)]):
+                  ["--classes", write_json(tmp_path / "list.json", names)], ["--classes", bom]):
         code, out, err = _demo(capsys, demo_probe, *extra)
         assert code == 0, err
         shown = re.findall(r"^\s+\d\. (.+)  \((\d+\.\d+)%\)$", out, flags=re.M)
