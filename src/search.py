@@ -169,6 +169,8 @@ def top_k(table_dir: Table, queries: np.ndarray, k: int,
     table = snapshot(table_dir)
     k = min(k, table.unique_rows)
     q = _unit(np.atleast_2d(queries))  # [Q, D]
+    if k == 0:  # parts without rows
+        return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
     best_s = np.empty((len(q), 0), np.float32)
     best_i = np.empty((len(q), 0), np.int64)
     offset = 0
