@@ -132,6 +132,13 @@ def test_predict_output_over_the_probe_or_a_feature_file_is_refused(trained, in_
         code, _, err = run_main(capsys, vjepa2_probe.main, "predict", "--probe", trained, "--features", "feats",
                                 "--output", output, "--device", "cpu")
         assert code == 2 and f"--output {output} is " in err and "would replace an input" in err, err
+    link = root / "probe_link.pt"  # another name of the same file
+    link.unlink(missing_ok=True)
+    link.hardlink_to(trained)
+    code, _, err = run_main(capsys, vjepa2_probe.main, "predict", "--probe", trained, "--features", "feats",
+                            "--output", link, "--device", "cpu")
+    assert code == 2 and f"--output {link} is --probe {trained}" in err
+    link.unlink()
     # a raw --inputs entry is an input too
     code, _, err = run_main(capsys, vjepa2_probe.main, "predict", "--probe", trained, "--inputs", window,
                             "--output", window, "--device", "cpu")
