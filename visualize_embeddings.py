@@ -23,22 +23,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-
-from tqdm import tqdm
 
 from src import cli, pages
 from src.features import outputs_written
-from src.visualize import (
-    FrameSource, InputScan, chunk_source_path, fit_projections, iter_feature_items, scan_inputs, token_grids,
-    write_token_pictures,
+from src.visualize import (  # noqa: F401  (FEATURE_SUFFIXES: a name this script offered)
+    CHUNK_SOURCE_HINT, FEATURE_SUFFIXES, check_chunk_sources, draw_pictures, expand_inputs, fit_projections,
+    scan_inputs, warn_clashes,
 )
 
 logger = logging.getLogger("visualize_embeddings")
-
-FEATURE_SUFFIXES = (".pt", ".safetensors")
-
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
@@ -62,59 +56,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def expand_inputs(entries: list[str]) -> list[Path]:
-    files = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in FEATURE_SUFFIXES and not p.name.startswith("."))
-            if not found:
-                raise cli.UsageError(f"{path}: no .pt or .safetensors feature files in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such feature file or folder")
-    unique, seen = [], set()
-    for path in files:  # a file given twice (itself and its folder) would be drawn twice, onto the same files
-        key = path.resolve()
-        if key in seen:
-            logger.warning("%s: given more than once, read once", path)
-            continue
-        seen.add(key)
-        unique.append(path)
-    return unique
-
-
-HINT = "pass --image_root <the folder given to vjepa2_extractor.py --image_dir>, or --no_overlay"
-
-
-def check_chunk_sources(scan: InputScan, image_root: Path | None) -> None:
-    """Image chunks none of whose source images can be found: the option is missing or wrong, not
-    the images (one line before the fit, instead of one error per image after it)."""
-    if scan.chunk_items == 0 or scan.chunk_found:
-        return
-    chunk, missing = scan.first_missing
-    if image_root is None:
-        raise cli.UsageError(f"{chunk}: source images of this image chunk not found relative to the current "
-                             f"folder (e.g. {missing}); {HINT}")
-    raise cli.UsageError(f"{chunk}: source images of this image chunk not found under --image_root {image_root} "
-                         f"(e.g. {missing}); {HINT}")
-
-
-def warn_clashes(scan: InputScan, out: Path, shown: int = 3) -> None:
-    """Once per pair of inputs whose items have the same names, so write the same picture files (the
-    first few pairs: windows of two runs clash file by file)."""
-    pairs = list(scan.clashes.items())
-    for (earlier, later), names in pairs[:shown]:
-        both = f"{earlier} and {later}" if earlier != later else f"{earlier}"
-        logger.warning("%s: %d item(s) with the same picture names (e.g. %s) write the same files in %s; "
-                       "the pictures of the later input replace the earlier", both, len(names), names[0], out)
-    if len(pairs) > shown:
-        logger.warning("... and %d more pairs of inputs that write the same picture files",
-                       len(pairs) - shown)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cli.setup_logging(args.debug)
@@ -136,33 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                                          overwrite=args.overwrite)[args.method]
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
-    started, transform_s = time.perf_counter(), 0.0
-    source = FrameSource(image_root)
-    written: set[Path] = set()  # distinct files: inputs with the same item names write the same ones
-    failed, chunk_missing = 0, 0
-    for item in tqdm(iter_feature_items(files), unit="item", desc="pictures", disable=None):
-        start = time.perf_counter()
-        grids = token_grids(item, projection)
-        transform_s += time.perf_counter() - start
-        ids, frames = [], []
-        if not args.no_overlay:
-            try:
-                ids, frames = source.frames(item)
-            except (ValueError, OSError) as exc:  # a moved source: still draw the projection
-                logger.error("%s: no overlay (%s)", item.name, exc)
-                failed += 1
-                if isinstance(exc, FileNotFoundError) and chunk_source_path(item.metadata, None) is not None:
-                    chunk_missing += 1
-        with outputs_written(out):
-            written.update(write_token_pictures(item, grids, ids, frames, out, args.method, args.alpha,
-                                                with_overlay=bool(frames), annotate_frames=args.annotate))
-    source.close()
-    logger.info("pictures drawn in %.1f s (%.1f s of it projecting tokens to colours)",
-                time.perf_counter() - started, transform_s)
+    drawn = draw_pictures(files, projection, out, args.method, args.alpha, image_root,
+                          overlays=not args.no_overlay, annotate_frames=args.annotate)
+    written, failed, chunk_missing = drawn.written, drawn.failed, drawn.chunk_missing
     if chunk_missing and image_root is None:
         logger.warning("%d image-chunk source image(s) not found relative to the current folder: %s",
-                       chunk_missing, HINT)
-    with outputs_written(out):  # issue 21: out/index.html shows the pictures and links every file
+                       chunk_missing, CHUNK_SOURCE_HINT)
+    with outputs_written(out):  # out/index.html shows the pictures and links every file
         pages.write_index(out, f"{args.method} pictures of {len(files)} feature file(s)", vars(args))
     print(f"wrote {len(written)} PNGs to {out}" + (f"; {failed} items without source frames" if failed else ""))
     return cli.EXIT_PARTIAL if failed else cli.EXIT_OK

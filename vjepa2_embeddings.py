@@ -21,16 +21,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from tqdm import tqdm
 
 from src import cli, embeddings_table, search
+from src.embeddings_table import FEATURE_GLOBS, feature_files  # noqa: F401  (names this script offered)
+from src.features import outputs_written
+from src.guards import refuse_folder_as_file, refuse_output_over_input
 from src.pages import explorer as pages
 
 logger = logging.getLogger("vjepa2_embeddings")
-
-FEATURE_GLOBS = ("window_*.pt", "window_*.safetensors", "features_shard*of*_chunk*.pt")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,7 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("duplicates", help="pairs of rows at least --threshold similar",
                        formatter_class=cli.HelpFormatter)
     d.add_argument("--table_dir", required=True)
-    d.add_argument("--threshold", type=float, default=0.98, help="cosine similarity, in (-1, 1]")
+    d.add_argument("--threshold", type=float, default=0.98,
+                   help="cosine similarity, in (-1, 1]; pairs up to 1e-5 below it count too (float32 rounding: "
+                        "bit-identical vectors score 1 ± 2e-7)")
     d.add_argument("--output", required=True, help="CSV of the pairs (group, similarity, rows)")
     d.add_argument("--block_rows", type=int, default=search.DEFAULT_BLOCK_ROWS, help="vectors read per block")
     add_explore_parser(sub)  # issue 21: the explorer page (src/pages)
@@ -85,48 +89,16 @@ def _device_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def feature_files(entries: list[str]) -> list[Path]:
-    """The feature files named, and those found (recursively) in the folders named, sorted."""
-    found = []
-    for entry in map(Path, entries):
-        if entry.is_dir():
-            found += sorted({p for g in FEATURE_GLOBS for p in entry.rglob(g)})
-        elif entry.is_file():
-            found.append(entry)
-        else:
-            raise FileNotFoundError(f"{entry}: no such feature file or folder")
-    if not found:
-        raise cli.UsageError(f"no feature files ({', '.join(FEATURE_GLOBS)}) in {' '.join(entries)}")
-    return found
-
-
 def make_table(args) -> int:
+    files = embeddings_table.feature_files(args.features)
+    pooling = embeddings_table.Pooling(args.pool, l2=not args.no_l2)
     if args.part_rows < 1:
         raise cli.UsageError(f"--part_rows must be >= 1, got {args.part_rows}")
-    files = feature_files(args.features)
-    pooling = embeddings_table.Pooling(args.pool, l2=not args.no_l2)
     cli.check_output_dir(args.table_dir)
-    table = embeddings_table.TableWriter(args.table_dir, part_rows=args.part_rows, overwrite=args.overwrite)
-    table.expect({"pooling": pooling.name})
-    added = skipped = 0
-    with embeddings_table.closing(table):
-        for path in tqdm(files, unit="file", desc="pooling", disable=None):
-            try:
-                items = list(embeddings_table.rows_from_feature_file(path, pooling, args.image_root))
-            except ValueError as exc:
-                if isinstance(exc, cli.UsageError):
-                    raise
-                raise cli.UsageError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
-            for rows in items:
-                if table.config is None:  # the first file fixes the model: any other is refused
-                    table.expect({**embeddings_table.row_config(rows[0]), "pooling": pooling.name})
-                if not args.overwrite and table.has(rows[0]["item"]):
-                    skipped += 1
-                    continue
-                table.add(rows)
-                added += 1
-    print(f"table {args.table_dir}: {added} windows/images added ({table.rows_written} rows), "
-          f"{skipped} already there, from {len(files)} file(s)")
+    run = embeddings_table.table_from_feature_files(files, args.table_dir, pooling, image_root=args.image_root,
+                                                    part_rows=args.part_rows, overwrite=args.overwrite)
+    print(f"table {args.table_dir}: {run.added} windows/images added ({run.rows_written} rows), "
+          f"{run.skipped} already there, from {run.files} file(s)")
     return cli.EXIT_OK
 
 
@@ -136,25 +108,31 @@ def run_search(args) -> int:
         raise cli.UsageError(f"give exactly one query: --row, --features, --image or --video (got {len(chosen)})")
     if args.k < 1 or args.block_rows < 1:
         raise cli.UsageError(f"-k and --block_rows must be >= 1, got {args.k} and {args.block_rows}")
-    config = embeddings_table.table_config(args.table_dir)
-    for name in ("features", "image", "video"):
-        value = getattr(args, name)
-        if value and not Path(value).is_file():
-            raise FileNotFoundError(f"{value}: --{name} not found")
-    out = cli.check_output_dir(args.output_dir)
+    table = embeddings_table.snapshot(args.table_dir)  # every read below sees these parts only
+    query_files = [(f"--{name}", getattr(args, name)) for name in ("features", "image", "video") if getattr(args, name)]
+    for flag, value in query_files:
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{value}: {flag} not found")
+    out = Path(args.output_dir)
+    refuse_output_over_input([("--output_dir", out)], [*query_files, ("the table folder", table.dir)])
+    refuse_output_over_input([("matches.csv", out / "matches.csv")], query_files)
+    for flag, value in query_files:  # contact sheets are numbered per query: any of those names would do
+        if Path(value).resolve().parent == out.resolve() and fnmatch(Path(value).name, "contact_sheet_*.png"):
+            raise cli.UsageError(f"{flag} {value}: named like the contact sheets this search writes to "
+                                 f"--output_dir {out} (it would be replaced); choose another --output_dir")
+    out = cli.check_output_dir(out)
     if args.row:
-        queries = search.queries_from_row(args.table_dir, args.row)
+        queries = search.queries_from_row(table, args.row)
     elif args.features:
-        queries = search.queries_from_feature_file(args.features, config, args.image_root)
+        queries = search.queries_from_feature_file(args.features, table.config, args.image_root)
     else:
-        queries = search.queries_from_media(config, image=args.image, video=args.video, start_frame=args.start_frame,
-                                            frame_step=args.frame_step, device=args.device, dtype=args.dtype)
+        queries = search.queries_from_media(table.config, image=args.image, video=args.video,
+                                            start_frame=args.start_frame, frame_step=args.frame_step,
+                                            device=args.device, dtype=args.dtype)
     import numpy as np
 
-    scores, positions = search.top_k(args.table_dir, np.stack([q.vector for q in queries]), args.k, args.block_rows)
-    rows = [search.fetch_rows(args.table_dir, p) for p in positions]
-    from src.features import outputs_written
-
+    scores, positions = search.top_k(table, np.stack([q.vector for q in queries]), args.k, args.block_rows)
+    rows = [search.fetch_rows(table, p) for p in positions]
     with outputs_written(out):
         csv_path = search.write_matches_csv(out / "matches.csv", queries, scores, rows)
         sheets = [] if args.no_contact_sheet else [
@@ -173,24 +151,22 @@ def run_duplicates(args) -> int:
         raise cli.UsageError(f"--threshold must be in (-1, 1], got {args.threshold}")
     if args.block_rows < 1:
         raise cli.UsageError(f"--block_rows must be >= 1, got {args.block_rows}")
-    embeddings_table.table_config(args.table_dir)
-    pairs = search.near_duplicates(args.table_dir, args.threshold, args.block_rows)
+    output = refuse_folder_as_file(args.output, "--output")
+    table = embeddings_table.snapshot(args.table_dir)  # every read below sees these parts only
+    refuse_output_over_input([("--output", output)], [("a part of the table", p) for p in table.parts])
+    if output.parent.resolve() == table.dir.resolve() and output.match(embeddings_table.PART_GLOB):
+        raise cli.UsageError(f"--output {output}: named like a part of the table in {table.dir}, so the table "
+                             "would read it as one; choose another name or folder")
+    pairs = search.near_duplicates(table, args.threshold, args.block_rows)
     groups = search.duplicate_groups(pairs)
-    rows_a = search.fetch_rows(args.table_dir, [i for i, _, _ in pairs])
-    rows_b = search.fetch_rows(args.table_dir, [j for _, j, _ in pairs])
-    from src.features import outputs_written
-
-    with outputs_written(args.output):
-        path = search.write_duplicates_csv(args.output, pairs, rows_a, rows_b, groups)
-    total = open_rows(args.table_dir)
+    rows_a = search.fetch_rows(table, [i for i, _, _ in pairs])
+    rows_b = search.fetch_rows(table, [j for _, j, _ in pairs])
+    with outputs_written(output):
+        path = search.write_duplicates_csv(output, pairs, rows_a, rows_b, groups)
     n_groups = len(set(groups.values()))
-    print(f"duplicates: {len(pairs)} pair(s) with similarity >= {args.threshold} among {total} rows, in {n_groups} "
-          f"group(s); keeping one row per group drops {len(groups) - n_groups} → {path}")
+    print(f"duplicates: {len(pairs)} pair(s) with similarity >= {args.threshold} among {table.unique_rows} rows, in "
+          f"{n_groups} group(s); keeping one row per group drops {len(groups) - n_groups} → {path}")
     return cli.EXIT_OK
-
-
-def open_rows(table_dir) -> int:
-    return embeddings_table.open_dataset(table_dir).count_rows()
 
 
 # ---- explore (issue 21): the explorer page; the work is in src/pages
@@ -213,6 +189,10 @@ def add_explore_parser(sub) -> None:
 
 
 def run_explore(args) -> int:
+    output = refuse_folder_as_file(args.output, "--output")
+    table = embeddings_table.snapshot(args.table_dir)
+    refuse_output_over_input([("--output", output)], [("a part of the table", p) for p in table.parts]
+                             + ([("--labels", args.labels)] if args.labels else []))
     summary = pages.write_explorer(args.table_dir, args.output, labels=args.labels, color_by=args.color_by,
                                    max_points=args.max_points, max_thumbnails=args.max_thumbnails,
                                    thumbnails=args.thumbnails, neighbors=args.neighbors, seed=args.seed)

@@ -16,20 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict
-from pathlib import Path
-
-import torch
 
 from src import cli
-from src.features import load_chunk, load_features
-from src.inference import ClipEncoder, stored_layers
-from src.models.weights import resolve_spec_kind
+from src.guards import refuse_folder_as_file
 from src.probe import (
-    SPLITS, FeatureIndex, FeatureRef, ProbeConfig, ProbeTrainer, TrainSettings, ViewDataset, ViewReader,
-    classification_metrics, clip_views, collate_views, encode_raw_input, encoder_identity, evaluate_clips, file_digest, load_probe, plot_confusion,
-    read_labels, resolve_clips, save_probe, check_features_match, split_clips, survey_views, top_k_header,
-    top_k_rows, write_csv, write_json,
+    SPLITS, Runtime, TrainSettings, evaluate_probe, feature_sources, labelled_clips, listed, load_probe, plan_training,
+    predict, train_probe,
 )
 from src.windows import default_num_workers
 
@@ -104,109 +96,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------------------- train
-def train_command(args) -> int:
+# ----------------------------------------------------------------------------- commands
+def _runtime(args) -> Runtime:
     device = cli.resolve_device(args.device)
-    dtype = cli.resolve_dtype(args.dtype, device)
+    workers = default_num_workers(device) if args.num_workers is None else args.num_workers
+    return Runtime(device, cli.resolve_dtype(args.dtype, device), getattr(args, "batch_size", 32), workers)
+
+
+def train_command(args) -> int:
+    runtime = _runtime(args)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrs=tuple(args.lr),
                              weight_decays=tuple(args.weight_decay), warmup_epochs=args.warmup_epochs,
                              patience=args.patience, class_weights=args.class_weights, seed=args.seed,
-                             num_workers=default_num_workers(device) if args.num_workers is None else args.num_workers)
-    rows = read_labels(args.labels)
-    classes = sorted({r.label for r in rows})
-    if len(classes) < 2:
-        raise cli.UsageError(f"{args.labels}: only one class ('{classes[0]}'); a probe needs at least two")
-    clips = resolve_clips(rows, FeatureIndex(args.features), classes, args.labels)
-    train, val = split_clips(clips, args.val_fraction, args.seed)
-    missing = sorted(set(classes) - {classes[c.label] for c in train})
-    if missing:
-        raise cli.UsageError(f"class(es) with no training clip: {', '.join(missing)} (label more clips or change the split)")
-    views = [ref for clip in clips for ref in clip.views]
-    identity, extraction, (tokens, width) = survey_views(views, ViewReader())
-    logger.info("%d classes; %d train clips (%d views), %d val clips (%d views); features %d tokens × %d from %s",
-                len(classes), len(train), len(clip_views(train)), len(val), len(clip_views(val)), tokens, width,
-                identity.get("model_name"))
+                             num_workers=runtime.num_workers)
+    plan = plan_training(args.labels, args.features, args.val_fraction, args.seed)
     out = cli.check_output_dir(args.output_dir)
-    config = ProbeConfig(embed_dim=width, num_classes=len(classes), depth=args.depth, num_heads=args.num_heads)
-    fingerprint = {
-        "labels_sha256": file_digest(args.labels), "probe": asdict(config),
-        "settings": {k: v for k, v in vars(settings).items() if k != "num_workers"},
-        "train": [c.path for c in train], "val": [c.path for c in val],
-    }
-    probe_path, state_path = out / "probe.pt", out / "train_state.pt"
-    if probe_path.exists() and not args.overwrite:
-        done = torch.load(probe_path, map_location="cpu", weights_only=True).get("training", {})
-        if done.get("fingerprint") != fingerprint:
-            raise cli.UsageError(f"{probe_path}: trained with other labels, features or settings; "
-                                 "use another --output_dir or pass --overwrite")
-        print(f"done already: {probe_path} (val top-1 {done['best']['val_top1']:.3f}); --overwrite trains again")
-        return cli.EXIT_OK
-    if args.overwrite:
-        state_path.unlink(missing_ok=True)
-    trainer = ProbeTrainer(config, settings, train, val, device, dtype, state_path, fingerprint)
-    trainer.resume()
-    logger.info("training %d candidate(s) (lr × weight decay) for up to %d epochs on %s (%s)",
-                len(trainer.candidates), settings.epochs, device, str(dtype).removeprefix("torch."))
-    state = trainer.run()
-
-    best = state.best
-    model = trainer.candidates[0].model
-    model.load_state_dict(best["state_dict"])
-    summary = {k: v for k, v in best.items() if k != "state_dict"}
-    training = {"fingerprint": fingerprint, "best": summary, "epochs_run": state.epoch, "labels": str(args.labels),
-                "features": [str(f) for f in args.features]}
-    write_csv(out / "splits.csv", ["path", "label", "split"], [[c.path, classes[c.label], c.split] for c in clips])
-    write_json(out / "classes.json", {str(i): name for i, name in enumerate(classes)})
-    write_json(out / "history.json", state.history)
-    save_probe(probe_path, model, config, classes, identity, extraction, training)
-    state_path.unlink(missing_ok=True)
-    print(f"done: {probe_path}: val top-1 {best['val_top1']:.3f} (lr {best['lr']:g}, weight decay "
-          f"{best['weight_decay']:g}, epoch {best['epoch']} of {state.epoch}); labels: {out / 'classes.json'}")
+    result = train_probe(plan, out, settings, runtime.device, runtime.dtype, depth=args.depth,
+                         num_heads=args.num_heads, overwrite=args.overwrite)
+    best = result.best
+    if result.already_done:
+        print(f"done already: {result.probe_path} (val top-1 {best['val_top1']:.3f}); --overwrite trains again")
+    else:
+        print(f"done: {result.probe_path}: val top-1 {best['val_top1']:.3f} (lr {best['lr']:g}, weight decay "
+              f"{best['weight_decay']:g}, epoch {best['epoch']} of {result.epochs_run}); labels: {result.classes_path}")
     return cli.EXIT_OK
-
-
-# ----------------------------------------------------------------------------- eval / predict
-def _classify(probe, clips_views: list[list[FeatureRef]], labels: list[int], args, where: str) -> torch.Tensor:
-    """Clip probabilities `[clips, C]` (views averaged), after refusing features of another encoder."""
-    device = cli.resolve_device(args.device)
-    dtype = cli.resolve_dtype(args.dtype, device)
-    identity, extraction, _ = survey_views([r for views in clips_views for r in views], ViewReader())
-    check_features_match(probe, identity, extraction, where)
-    items = [(ref, label, i) for i, (views, label) in enumerate(zip(clips_views, labels)) for ref in views]
-    workers = default_num_workers(device) if args.num_workers is None else args.num_workers
-    loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=args.batch_size, num_workers=workers,
-                                         collate_fn=collate_views)
-    return evaluate_clips([probe.model.to(device)], loader, len(clips_views), len(probe.classes), device, dtype)[0]
 
 
 def eval_command(args) -> int:
     probe = load_probe(args.probe)
-    rows = read_labels(args.labels)
-    if args.split != "all":
-        if not any(r.split for r in rows):
-            raise cli.UsageError(f"{args.labels}: no split column, so --split {args.split} selects nothing")
-        rows = [r for r in rows if r.split == args.split]
-        if not rows:
-            raise cli.UsageError(f"{args.labels}: no rows in split '{args.split}'")
-    unknown = sorted({r.label for r in rows} - set(probe.classes))
-    if unknown:
-        raise cli.UsageError(f"{args.labels}: label(s) the probe does not know: {', '.join(unknown)} "
-                             f"(it knows {', '.join(probe.classes)})")
-    clips = resolve_clips(rows, FeatureIndex(args.features), probe.classes, args.labels)
+    clips = labelled_clips(probe, args.labels, args.features, args.split)
     out = cli.check_output_dir(args.output_dir)
-    labels = [c.label for c in clips]
-    probs = _classify(probe, [c.views for c in clips], labels, args, args.labels)
-    metrics = classification_metrics(probs, torch.tensor(labels), len(probe.classes))
-    write_csv(out / "predictions.csv", top_k_header(args.top_k, len(probe.classes)),
-              top_k_rows([c.path for c in clips], [len(c.views) for c in clips], probs, probe.classes, args.top_k))
-    write_csv(out / "per_class.csv", ["class", "clips", "top1"],
-              [[name, n, "" if n == 0 else f"{acc:.4f}"]
-               for name, n, acc in zip(probe.classes, metrics["support"], metrics["per_class"])])
-    write_json(out / "metrics.json", {"probe": str(args.probe), "labels": str(args.labels), "split": args.split,
-                                      "classes": probe.classes,
-                                      **{k: v for k, v in metrics.items() if k not in ("per_class",)}})
-    plot_confusion(metrics["confusion"], probe.classes, out / "confusion_matrix.png",
-                   f"{Path(args.labels).name} ({args.split}): top-1 {metrics['top1']:.3f}")
+    metrics = evaluate_probe(probe, clips, _runtime(args), out, args.labels, args.split, args.top_k)
     print(f"{metrics['clips']} clips: top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}, "
           f"mean per-class {metrics['mean_per_class']:.4f}")
     width = max(len(c) for c in probe.classes)
@@ -216,80 +136,16 @@ def eval_command(args) -> int:
     return cli.EXIT_OK
 
 
-def feature_file_views(path: Path) -> dict[str, list[FeatureRef]]:
-    """Views of one feature file, by the input they describe (a window's video or frame folder,
-    a chunk's images)."""
-    try:
-        meta = load_features(path).get("metadata") or {}
-    except ValueError:  # not a window record: a chunk of images, or not a feature file at all
-        try:
-            return {key: [FeatureRef(path, key=key)] for key in load_chunk(path)}
-        except ValueError as exc:
-            raise cli.UsageError(str(exc)) from None
-    return {meta.get("video_path") or meta.get("frame_dir") or str(path): [FeatureRef(path)]}
-
-
-def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor]:
-    """(names, views, probabilities) for raw inputs, encoded in memory by the probe's encoder."""
-    for entry in args.inputs:
-        if not Path(entry).exists():
-            raise FileNotFoundError(f"{entry}: input not found")
-    device = cli.resolve_device(args.device)
-    window = probe.extraction.get("num_input_frames") or 16
-    spec = args.model or probe.encoder.get("model_name", "")
-    try:
-        # a .pt's shapes cannot tell 16 heads from 22: the recorded count (other specs carry their own)
-        heads = probe.encoder.get("num_heads") if resolve_spec_kind(spec) == "checkpoint" else None
-        encoder = ClipEncoder(spec, device=str(device), dtype=args.dtype, img_size=probe.extraction.get("img_size"),
-                              checkpoint_key=args.checkpoint_key, num_heads=heads,
-                              layers=stored_layers(probe.encoder))  # the levels the probe was trained on
-    except ValueError as exc:
-        raise cli.UsageError(f"{exc} (the encoder for --inputs; pass --model)") from None
-    check_features_match(probe, encoder_identity(encoder.describe(window)), {}, f"--model {encoder.spec}")
-    model = probe.model.to(device)
-    names, views, probs = [], [], []
-    for entry in args.inputs:
-        try:
-            feats = encode_raw_input(Path(entry), encoder, window, probe.extraction.get("frame_step", 1), args.batch_size)
-        except (ValueError, OSError) as exc:
-            raise cli.UsageError(str(exc) if str(exc).startswith(entry) else f"{entry}: {exc}") from None
-        with torch.inference_mode():
-            probs.append(model(feats.to(device)).float().softmax(-1).mean(0).cpu())  # views averaged
-        names.append(entry)
-        views.append(len(feats))
-        logger.info("%s: %d view(s) encoded", entry, len(feats))
-    return names, views, torch.stack(probs)
-
-
 def predict_command(args) -> int:
     if not args.features and not args.inputs:
         raise cli.UsageError("nothing to classify: give --features (folders or feature files) or --inputs (raw)")
+    output = refuse_folder_as_file(args.output, "--output")
     probe = load_probe(args.probe)
-    sources: dict[str, list[FeatureRef]] = {}
-    folders = [f for f in args.features if Path(f).is_dir()]
-    for entry in args.features:
-        path = Path(entry)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: feature folder or file not found")
-        if path.is_file():
-            for name, views in feature_file_views(path).items():
-                sources.setdefault(name, []).extend(views)
-    if folders:
-        for name, views in FeatureIndex(folders).sources.items():
-            sources.setdefault(name, []).extend(views)
-    output = Path(args.output)
+    sources = feature_sources(args.features)
     cli.check_output_dir(output.parent)
-    names = sorted(sources)
-    refs = [sorted(set(sources[n]), key=lambda r: (str(r.file), r.key or "")) for n in names]
-    views = [len(r) for r in refs]
-    probs = _classify(probe, refs, [0] * len(names), args, ", ".join(args.features)) if names else None
-    if args.inputs:
-        raw_names, raw_views, raw_probs = classify_raw_inputs(probe, args)
-        names, views = names + raw_names, views + raw_views
-        probs = raw_probs if probs is None else torch.cat([probs, raw_probs])
-    write_csv(output, top_k_header(args.top_k, len(probe.classes)),
-              top_k_rows(names, views, probs, probe.classes, args.top_k))
-    print(f"done: {len(names)} inputs ({sum(views)} views) classified → {output}")
+    count, views = predict(probe, sources, args.inputs, _runtime(args), output, args.top_k, listed(args.features, 3),
+                           model=args.model, checkpoint_key=args.checkpoint_key)
+    print(f"done: {count} inputs ({views} views) classified → {output}")
     return cli.EXIT_OK
 
 

@@ -11,6 +11,7 @@ metadata; a writer with another configuration is refused rather than mix two tab
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from src.errors import OutputWriteError, TableConfigError, UsageError
+from src.errors import InputError, OutputWriteError, TableConfigError, UsageError
 from src.features import load_any, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ TABLE_META_KEY = b"vjepa2_table"
 TABLE_VERSION = 1
 DEFAULT_PART_ROWS = 256
 DEFAULT_FLUSH_SECONDS = 300.0
+FEATURE_GLOBS = ("window_*.pt", "window_*.safetensors", "features_shard*of*_chunk*.pt")  # token files
 # keys that make two tables different: rows written under another value are not comparable
 CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "output", "layers")
 
@@ -287,18 +289,52 @@ def part_files(table_dir: str | os.PathLike) -> list[Path]:
 
 
 def part_config(path: Path) -> dict:
-    """The configuration stored in a part file's schema metadata."""
+    """The configuration stored in a part file's schema metadata; a file that is not one of our
+    parts (truncated, empty, foreign) is an InputError naming it."""
     import pyarrow.parquet as pq
 
     try:
         meta = pq.read_schema(path).metadata or {}
         return json.loads(meta[TABLE_META_KEY])
     except Exception as exc:  # noqa: BLE001 - any problem means: not one of our parts
-        raise ValueError(f"{path}: not an embeddings table part ({exc})") from None
+        reason = f"no {TABLE_META_KEY.decode()} metadata" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise InputError(f"{path}: not an embeddings table part ({reason}); move it out of the table folder") from None
 
 
-def table_config(table_dir: str | os.PathLike) -> dict:
-    """The configuration of a table folder (all its parts must agree), for readers such as search."""
+@dataclass(frozen=True)
+class TableSnapshot:
+    """The complete part files of a table at one moment, checked to be one table. Every read of
+    one command goes through one snapshot, so a part that lands meanwhile (another process's)
+    shifts no row position between a search and the fetch of its matches.
+
+    `duplicate` marks the rows whose `row_id` an earlier row of the snapshot already has (two
+    writers that raced, or a crash between a part's rename and the bookkeeping): readers skip
+    them, so every row id counts once. None when there are none.
+    """
+
+    dir: Path
+    parts: tuple[Path, ...]
+    config: dict
+    rows: int
+    duplicate: np.ndarray | None = None  # [rows] bool
+
+    def dataset(self):
+        import pyarrow.dataset as ds
+
+        return ds.dataset([str(p) for p in self.parts], format="parquet")
+
+    @property
+    def unique_rows(self) -> int:
+        return self.rows - (0 if self.duplicate is None else int(self.duplicate.sum()))
+
+
+def snapshot(table: "str | os.PathLike | TableSnapshot") -> TableSnapshot:
+    """The table folder's parts now (a snapshot passes through); a bad part is named (InputError)."""
+    if isinstance(table, TableSnapshot):
+        return table
+    import pyarrow.compute as pc
+
+    table_dir = Path(table)
     parts = part_files(table_dir)
     if not parts:
         raise FileNotFoundError(f"{table_dir}: no embeddings table here (no {PART_GLOB} files)")
@@ -307,7 +343,27 @@ def table_config(table_dir: str | os.PathLike) -> dict:
         other = part_config(path)
         if _config_diff(config, other):
             raise TableConfigError(f"{path}: rows of another table ({_config_diff(config, other)}) in {table_dir}")
-    return config
+    found = TableSnapshot(table_dir, tuple(parts), config, 0)
+    try:
+        ids = found.dataset().to_table(columns=["row_id"]).column("row_id")
+    except Exception as exc:  # noqa: BLE001 - a footer that reads but data that does not
+        raise InputError(f"{table_dir}: a part file cannot be read ({exc}); move the damaged part out") from None
+    duplicate = None
+    if pc.count_distinct(ids).as_py() != len(ids):
+        import pyarrow as pa
+
+        first = pa.table({"row_id": ids, "i": np.arange(len(ids))}).group_by("row_id").aggregate([("i", "min")])
+        duplicate = np.ones(len(ids), bool)
+        first = first.column("i_min").to_numpy()
+        duplicate[first] = False
+        logger.warning("%s: %d row(s) repeat a row_id of an earlier row; each row id is read once",
+                       table_dir, int(duplicate.sum()))
+    return TableSnapshot(table_dir, tuple(parts), config, len(ids), duplicate)
+
+
+def table_config(table_dir: str | os.PathLike) -> dict:
+    """The configuration of a table folder (all its parts must agree), for readers such as search."""
+    return snapshot(table_dir).config
 
 
 def _config_diff(found: dict, expected: dict, keys: Iterable[str] = CONFIG_KEYS) -> str:
@@ -315,13 +371,15 @@ def _config_diff(found: dict, expected: dict, keys: Iterable[str] = CONFIG_KEYS)
                      for k in keys if found.get(k) != expected.get(k))
 
 
-def open_dataset(table_dir: str | os.PathLike):
+def open_dataset(table: "str | os.PathLike | TableSnapshot"):
     """The table as one `pyarrow.dataset` (the part files in name order)."""
+    if isinstance(table, TableSnapshot):
+        return table.dataset()
     import pyarrow.dataset as ds
 
-    parts = part_files(table_dir)
+    parts = part_files(table)
     if not parts:
-        raise FileNotFoundError(f"{table_dir}: no embeddings table here (no {PART_GLOB} files)")
+        raise FileNotFoundError(f"{table}: no embeddings table here (no {PART_GLOB} files)")
     return ds.dataset([str(p) for p in parts], format="parquet")
 
 
@@ -487,3 +545,79 @@ class TableWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None or not issubclass(exc_type, OutputWriteError):
             self.flush()  # on a crash too: what was computed is kept (a failed write is not retried)
+
+
+# --------------------------------------------------------------------------- a table from token files
+
+
+def feature_files(entries: list[str | os.PathLike]) -> list[Path]:
+    """The feature files named, and those found (recursively) in the folders named, sorted."""
+    found = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            found += sorted({p for g in FEATURE_GLOBS for p in entry.rglob(g)})
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise FileNotFoundError(f"{entry}: no such feature file or folder")
+    if not found:
+        raise UsageError(f"no feature files ({', '.join(FEATURE_GLOBS)}) in {' '.join(map(str, entries))}")
+    return found
+
+
+@contextlib.contextmanager
+def table_lock(table_dir: str | os.PathLike) -> Iterator[None]:
+    """One `table` run per folder at a time: a second waits (an advisory flock, released when the
+    run ends or dies), then skips the rows the first wrote, so no row id is written twice."""
+    lock_dir = Path(table_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / "table.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("%s: another run is adding rows to this table; waiting for it to finish", table_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class TableRun:
+    added: int = 0  # windows / images
+    skipped: int = 0
+    rows_written: int = 0
+    files: int = 0
+
+
+def table_from_feature_files(files: list[Path], table_dir: str | os.PathLike, pooling: Pooling, *,
+                             image_root: str | os.PathLike | None = None, part_rows: int = DEFAULT_PART_ROWS,
+                             overwrite: bool = False, progress: bool | None = None) -> TableRun:
+    """Pool every window / image of `files` into table rows, skipping items the table holds."""
+    from tqdm import tqdm
+
+    if part_rows < 1:
+        raise UsageError(f"--part_rows must be >= 1, got {part_rows}")
+    run = TableRun(files=len(files))
+    with table_lock(table_dir):
+        table = TableWriter(table_dir, part_rows=part_rows, overwrite=overwrite)
+        table.expect({"pooling": pooling.name})
+        with closing(table):
+            for path in tqdm(files, unit="file", desc="pooling", disable=progress):
+                try:
+                    items = list(rows_from_feature_file(path, pooling, image_root))
+                except ValueError as exc:
+                    if isinstance(exc, (UsageError, InputError)):
+                        raise
+                    raise InputError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
+                for rows in items:
+                    if table.config is None:  # the first file fixes the model: any other is refused
+                        table.expect({**row_config(rows[0]), "pooling": pooling.name})
+                    if not overwrite and table.has(rows[0]["item"]):
+                        run.skipped += 1
+                        continue
+                    table.add(rows)
+                    run.added += 1
+        run.rows_written = table.rows_written
+    return run

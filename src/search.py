@@ -16,13 +16,20 @@ from typing import Iterator
 
 import numpy as np
 
-from src.embeddings_table import Pooling, TableConfigError, build_rows, open_dataset, row_config, rows_from_feature_file
+from src.embeddings_table import (
+    Pooling, TableConfigError, TableSnapshot, build_rows, row_config, rows_from_feature_file, snapshot,
+)
 from src.frames import VideoReader, load_image
 from src.render import annotate, side_by_side, stack_vertical, write_png
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_ROWS = 16384
+# float32 dot products of two bit-identical unit vectors land within a few 1e-7 of 1 (measured
+# 0.9999998-1.0000002 at width 192): `near_duplicates` counts a pair when its similarity is at
+# least the threshold minus this, so `--threshold 1` finds every pair of identical vectors
+SIMILARITY_TOLERANCE = 1e-5
+Table = "str | os.PathLike | TableSnapshot"  # a table folder, or one snapshot of it
 TILE_W, TILE_H, CAPTION_H, GAP = 160, 120, 16, 4
 # provenance written next to each match in the CSV
 CSV_COLUMNS = ("row_id", "source", "source_type", "window_idx", "token_t", "start_frame", "end_frame",
@@ -57,13 +64,14 @@ def _fits(config: dict, found: dict, what: str) -> None:
                                "a query must be encoded with the table's own model")
 
 
-def queries_from_row(table_dir: str | os.PathLike, row_id: str) -> list[Query]:
+def queries_from_row(table_dir: Table, row_id: str) -> list[Query]:
     """The vector of a row of the table itself."""
     import pyarrow.compute as pc
 
-    table = open_dataset(table_dir).to_table(filter=pc.field("row_id") == row_id)
+    snap = snapshot(table_dir)
+    table = snap.dataset().to_table(filter=pc.field("row_id") == row_id)
     if table.num_rows == 0:
-        raise TableConfigError(f"{table_dir}: no row with row_id {row_id!r}")
+        raise TableConfigError(f"{snap.dir}: no row with row_id {row_id!r}")
     row = table.slice(0, 1).to_pylist()[0]
     return [Query(row_id, np.asarray(row.pop("vector"), np.float32), row)]
 
@@ -123,9 +131,9 @@ def queries_from_media(config: dict, *, image: str | None = None, video: str | N
 # --------------------------------------------------------------------------- exact k-NN
 
 
-def _blocks(table_dir, block_rows: int, columns=("vector",)) -> Iterator[np.ndarray]:
+def _blocks(table: TableSnapshot, block_rows: int, columns=("vector",)) -> Iterator[np.ndarray]:
     """The table's vectors, `block_rows` at a time, as float32 [n, D] (row order = dataset order)."""
-    dataset = open_dataset(table_dir)
+    dataset = table.dataset()
     for batch in dataset.to_batches(columns=list(columns), batch_size=block_rows, batch_readahead=0,
                                     fragment_readahead=0, use_threads=False):
         if batch.num_rows == 0:
@@ -149,31 +157,38 @@ def _keep_best(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
-def top_k(table_dir: str | os.PathLike, queries: np.ndarray, k: int,
+def top_k(table_dir: Table, queries: np.ndarray, k: int,
           block_rows: int = DEFAULT_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN: (similarities [Q, k'], row positions [Q, k']) best first, k' = min(k, rows).
 
-    Row positions index the dataset in part-file order (`fetch_rows` turns them into rows).
+    Row positions index the snapshot's dataset in part-file order: `fetch_rows` with the same
+    snapshot turns them into rows. A row repeating an earlier row's row_id is skipped.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    table = snapshot(table_dir)
+    k = min(k, table.unique_rows)
     q = _unit(np.atleast_2d(queries))  # [Q, D]
+    if k == 0:  # parts without rows
+        return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
     best_s = np.empty((len(q), 0), np.float32)
     best_i = np.empty((len(q), 0), np.int64)
     offset = 0
-    for block in _blocks(table_dir, block_rows):
+    for block in _blocks(table, block_rows):
         if block.shape[1] != q.shape[1]:
-            raise TableConfigError(f"{table_dir}: table vectors are {block.shape[1]} wide, the query {q.shape[1]}")
+            raise TableConfigError(f"{table.dir}: table vectors are {block.shape[1]} wide, the query {q.shape[1]}")
         scores = q @ _unit(block).T  # [Q, n]
+        if table.duplicate is not None:
+            scores[:, table.duplicate[offset:offset + len(block)]] = -np.inf
         index = np.broadcast_to(np.arange(offset, offset + len(block)), scores.shape)
         best_s, best_i = _keep_best(np.concatenate([best_s, scores], 1), np.concatenate([best_i, index], 1), k)
         offset += len(block)
     return best_s, best_i
 
 
-def fetch_rows(table_dir: str | os.PathLike, positions) -> list[dict]:
-    """Rows (without their vectors) at dataset positions, in the order given."""
-    dataset = open_dataset(table_dir)
+def fetch_rows(table_dir: Table, positions) -> list[dict]:
+    """Rows (without their vectors) at positions of the snapshot's dataset, in the order given."""
+    dataset = snapshot(table_dir).dataset()
     names = [n for n in dataset.schema.names if n != "vector"]
     positions = np.asarray(positions, np.int64).reshape(-1)
     if positions.size == 0:
@@ -299,22 +314,27 @@ def contact_sheet(path: str | os.PathLike, query: Query, scores, matches: list[d
 # --------------------------------------------------------------------------- near duplicates
 
 
-def near_duplicates(table_dir: str | os.PathLike, threshold: float,
-                    block_rows: int = DEFAULT_BLOCK_ROWS) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, similarity), i < j, of rows at least `threshold` similar; two blocks in memory."""
+def near_duplicates(table_dir: Table, threshold: float, block_rows: int = DEFAULT_BLOCK_ROWS,
+                    tolerance: float = SIMILARITY_TOLERANCE) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, similarity), i < j, of rows at least `threshold - tolerance` similar (float32
+    rounding: see SIMILARITY_TOLERANCE); two blocks in memory. Repeated row ids count once."""
+    table = snapshot(table_dir)
+    skip = table.duplicate
     pairs = []
     offset_a = 0
-    for a in _blocks(table_dir, block_rows):
+    for a in _blocks(table, block_rows):
         a = _unit(a)
         offset_b = 0
-        for b in _blocks(table_dir, block_rows):
+        for b in _blocks(table, block_rows):
             if offset_b + len(b) <= offset_a:  # blocks before this one: their pairs were found already
                 offset_b += len(b)
                 continue
             scores = a @ _unit(b).T  # [na, nb]
-            ia, ib = np.nonzero(scores >= threshold)
+            ia, ib = np.nonzero(scores >= threshold - tolerance)
             ga, gb = ia + offset_a, ib + offset_b
             keep = ga < gb
+            if skip is not None:
+                keep &= ~skip[ga] & ~skip[gb]
             pairs += [(int(i), int(j), float(s)) for i, j, s in zip(ga[keep], gb[keep], scores[ia[keep], ib[keep]])]
             offset_b += len(b)
         offset_a += len(a)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.features import load_any
+from src.errors import ConfigError
+from src.features import load_any, outputs_written
 from src.frames import VideoReader, load_image
 from src.projection import Projection, fit_projection, sample_tokens
 from src.render import annotate, overlay, projection_image, token_colors_to_grids, write_png
@@ -290,3 +291,96 @@ def write_token_pictures(item: FeatureItem, grids: np.ndarray, ids: list[int], f
             picture = annotate(picture, frame_label(item.metadata, ids[first], first))
         written.append(write_png(picture, out / f"{method}_overlay" / f"{safe_name}_t{t:02d}.png"))
     return written
+
+
+# --------------------------------------------------------------------------- visualize_embeddings.py's run
+
+FEATURE_SUFFIXES = (".pt", ".safetensors")
+CHUNK_SOURCE_HINT = "pass --image_root <the folder given to vjepa2_extractor.py --image_dir>, or --no_overlay"
+
+
+def expand_inputs(entries: list[str]) -> list[Path]:
+    """Feature files named or inside the folders named (not recursively), each read once."""
+    files = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in FEATURE_SUFFIXES and not p.name.startswith("."))
+            if not found:
+                raise ConfigError(f"{path}: no .pt or .safetensors feature files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such feature file or folder")
+    unique, seen = [], set()
+    for path in files:  # a file given twice (itself and its folder) would be drawn twice, onto the same files
+        key = path.resolve()
+        if key in seen:
+            logger.warning("%s: given more than once, read once", path)
+            continue
+        seen.add(key)
+        unique.append(path)
+    return unique
+
+
+def check_chunk_sources(scan: InputScan, image_root: Path | None) -> None:
+    """Image chunks none of whose source images can be found: the option is missing or wrong, not
+    the images (one line before the fit, instead of one error per image after it)."""
+    if scan.chunk_items == 0 or scan.chunk_found:
+        return
+    chunk, missing = scan.first_missing
+    if image_root is None:
+        raise ConfigError(f"{chunk}: source images of this image chunk not found relative to the current "
+                          f"folder (e.g. {missing}); {CHUNK_SOURCE_HINT}")
+    raise ConfigError(f"{chunk}: source images of this image chunk not found under --image_root {image_root} "
+                      f"(e.g. {missing}); {CHUNK_SOURCE_HINT}")
+
+
+def warn_clashes(scan: InputScan, out: Path, shown: int = 3) -> None:
+    """Once per pair of inputs whose items have the same names, so write the same picture files (the
+    first few pairs: windows of two runs clash file by file)."""
+    pairs = list(scan.clashes.items())
+    for (earlier, later), names in pairs[:shown]:
+        both = f"{earlier} and {later}" if earlier != later else f"{earlier}"
+        logger.warning("%s: %d item(s) with the same picture names (e.g. %s) write the same files in %s; "
+                       "the pictures of the later input replace the earlier", both, len(names), names[0], out)
+    if len(pairs) > shown:
+        logger.warning("... and %d more pairs of inputs that write the same picture files",
+                       len(pairs) - shown)
+
+
+@dataclass
+class DrawnPictures:
+    written: set  # distinct files: inputs with the same item names write the same ones
+    failed: int  # items drawn without an overlay (no source frames)
+    chunk_missing: int  # of those, image-chunk items whose image was not found
+
+
+def draw_pictures(files: list[Path], projection: Projection, out: Path, method: str, alpha: float,
+                  image_root: Path | None, overlays: bool = True, annotate_frames: bool = False) -> DrawnPictures:
+    """Every item's projection PNGs (and overlays on its frames) under `out`; a moved source still
+    gets its projection."""
+    started, transform_s = time.perf_counter(), 0.0
+    source = FrameSource(image_root)
+    drawn = DrawnPictures(set(), 0, 0)
+    for item in tqdm(iter_feature_items(files), unit="item", desc="pictures", disable=None):
+        start = time.perf_counter()
+        grids = token_grids(item, projection)
+        transform_s += time.perf_counter() - start
+        ids, frames = [], []
+        if overlays:
+            try:
+                ids, frames = source.frames(item)
+            except (ValueError, OSError) as exc:  # a moved source: still draw the projection
+                logger.error("%s: no overlay (%s)", item.name, exc)
+                drawn.failed += 1
+                if isinstance(exc, FileNotFoundError) and chunk_source_path(item.metadata, None) is not None:
+                    drawn.chunk_missing += 1
+        with outputs_written(out):
+            drawn.written.update(write_token_pictures(item, grids, ids, frames, out, method, alpha,
+                                                      with_overlay=bool(frames), annotate_frames=annotate_frames))
+    source.close()
+    logger.info("pictures drawn in %.1f s (%.1f s of it projecting tokens to colours)",
+                time.perf_counter() - started, transform_s)
+    return drawn
