@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from src import cli
 from src.inference import ClipEncoder, to_device_keep_broadcast
+from src.models import fused_cpu, layers, rope
 from src.models import vision_transformer as vt
 from tests.helpers import small_encoder
 
@@ -27,7 +28,7 @@ def reference_rope(x, cos, sin):
 def reference_forward(model: vt.VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """The encoder from its weights with F.linear / F.layer_norm / explicit softmax attention."""
     grid = model.patch_grid(*x.shape[2:])
-    cos, sin = vt.rope_tables(grid, model.head_dim, dtype=x.dtype)
+    cos, sin = rope.rope_tables(grid, model.head_dim, dtype=x.dtype)
     h = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
     B, N, D = h.shape
     for blk in model.blocks:
@@ -48,10 +49,10 @@ def reference_forward(model: vt.VisionTransformer, x: torch.Tensor) -> torch.Ten
 def test_apply_rope_matches_reference_on_strided_views(head_dim):
     grid = (2, 3, 5)
     n, heads = 30, 3
-    cos, sin = vt.rope_tables(grid, head_dim)
+    cos, sin = rope.rope_tables(grid, head_dim)
     qkv = torch.randn(2, n, 3, heads, head_dim)
     q = qkv.permute(2, 0, 3, 1, 4)[0]  # the strided view Attention passes in
-    out = vt.apply_rope(q, cos, sin)
+    out = rope.apply_rope(q, cos, sin)
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
     assert torch.allclose(out.double(), reference_rope(q, cos, sin), atol=1e-5)
     r = cos.shape[-1]
@@ -60,15 +61,15 @@ def test_apply_rope_matches_reference_on_strided_views(head_dim):
 
 
 def test_apply_rope_float64_uses_float64_tables():
-    cos, sin = vt.rope_tables((2, 4, 4), 64, dtype=torch.float64)
+    cos, sin = rope.rope_tables((2, 4, 4), 64, dtype=torch.float64)
     x = torch.randn(1, 2, 32, 64, dtype=torch.float64)
-    out = vt.apply_rope(x, cos, sin)
+    out = rope.apply_rope(x, cos, sin)
     assert out.dtype == torch.float64
     assert torch.allclose(out, reference_rope(x, cos, sin), atol=1e-12)
 
 
 def test_rope_cache_keyed_by_grid_device_and_dtype():
-    cache = vt.RopeCache(64)
+    cache = rope.RopeCache(64)
     f32 = cache.get((2, 4, 4), torch.device("cpu"), torch.float32)
     assert f32[0].dtype == torch.float32 and f32[0].shape == (32, 60)
     assert cache.get((2, 4, 4), "cpu", torch.float32)[0] is f32[0]  # built once, device spelled either way
@@ -96,7 +97,7 @@ def test_model_in_float64_keeps_float64_rope():
 @pytest.mark.parametrize("arch", ["tiny", "vit_large"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_encoder_matches_straightforward_reference(arch, fused, monkeypatch):
-    monkeypatch.setattr(vt, "FUSED_CPU_LINEAR", fused)
+    monkeypatch.setattr(fused_cpu, "FUSED_CPU_LINEAR", fused)
     model = small_encoder(arch, img_size=32, num_frames=4)
     x = torch.randn(2, 3, 4, 32, 48)
     with torch.inference_mode():
@@ -111,7 +112,7 @@ def test_fused_and_plain_paths_agree_and_layers_too(monkeypatch):
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.inference_mode():
         fused = model(x, out_layers=[0, 1])
-        monkeypatch.setattr(vt, "FUSED_CPU_LINEAR", False)
+        monkeypatch.setattr(fused_cpu, "FUSED_CPU_LINEAR", False)
         plain = model(x, out_layers=[0, 1])
     for a, b in zip(fused, plain):
         assert (a - b).abs().max().item() <= 1e-5
@@ -119,9 +120,9 @@ def test_fused_and_plain_paths_agree_and_layers_too(monkeypatch):
 
 def test_residual_arguments_mean_residual_plus_branch():
     torch.manual_seed(0)
-    attn, mlp = vt.Attention(64, 4), vt.Mlp(64, 256)
+    attn, mlp = layers.Attention(64, 4), layers.Mlp(64, 256)
     x, r = torch.randn(2, 10, 64), torch.randn(2, 10, 64)
-    cos, sin = vt.rope_tables((1, 2, 5), 16)
+    cos, sin = rope.rope_tables((1, 2, 5), 16)
     with torch.inference_mode():
         assert torch.allclose(attn(x, cos, sin, residual=r), r + attn(x, cos, sin), atol=1e-5)
         assert torch.allclose(mlp(x, residual=r), r + mlp(x), atol=1e-5)
@@ -130,10 +131,10 @@ def test_residual_arguments_mean_residual_plus_branch():
 def test_fused_path_only_without_autograd_on_cpu_fp32():
     x = torch.randn(2, 3)
     with torch.inference_mode():
-        assert vt.use_fused_linear(x) == (vt._ONEDNN_LINEAR is not None)
-        assert not vt.use_fused_linear(x.double())
-        assert not vt.use_fused_linear(x.bfloat16())
-    assert not vt.use_fused_linear(x)  # grad mode on: the plain, differentiable path
+        assert fused_cpu.use_fused_linear(x) == (fused_cpu.ONEDNN_LINEAR is not None)
+        assert not fused_cpu.use_fused_linear(x.double())
+        assert not fused_cpu.use_fused_linear(x.bfloat16())
+    assert not fused_cpu.use_fused_linear(x)  # grad mode on: the plain, differentiable path
 
 
 def test_gradients_still_flow():
@@ -160,12 +161,12 @@ def test_compile_is_off_by_default():
     assert args.compile is False
     assert argparse.ArgumentParser(parents=[cli.common_parser()]).parse_args(["--compile"]).compile is True
     enc = ClipEncoder("random:tiny", device="cpu", img_size=32)
-    assert enc.compiled is False and enc._forward is enc.model
+    assert enc.compiled is False and enc._forward == enc.model.forward_features  # the eager method itself
 
 
 def test_compile_flag_wraps_only_the_forward():
     enc = ClipEncoder("random:tiny", device="cpu", img_size=32, compile=True)  # compiles lazily, not here
-    assert enc.compiled is True and enc._forward is not enc.model
+    assert enc.compiled is True and enc._forward != enc.model.forward_features
     assert isinstance(enc.model, vt.VisionTransformer)  # attributes and state_dict keys unchanged
     assert not any(k.startswith("_orig_mod") for k in enc.model.state_dict())
 
