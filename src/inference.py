@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from src.device import resolve_device, resolve_dtype
+from src.models.compile import CompiledForward
 from src.models.weights import load_encoder, model_info
 from src.spatial import DEFAULT_MAX_TOKENS, SpatialPlan, check_spatial_options
 
@@ -117,7 +118,7 @@ class ClipEncoder:
         self.compiled = bool(compile)
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
-        self._forward = torch.compile(self.model.forward_features) if self.compiled else self.model.forward_features
+        self._forward = CompiledForward(self.model) if self.compiled else self.model.forward_features
         self.crop = self.model.img_size
         self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size, short_side,
                                    max_tokens, image_path_frames=self.model.img_temporal_dim_size)

@@ -3,6 +3,7 @@
 Small CPU models only; no timing assertions (bench/run.py and bench/ablation.py measure).
 """
 import argparse
+import logging
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from src import cli
 from src.inference import ClipEncoder, to_device_keep_broadcast
+from src.models.compile import CompiledForward
 from src.models import fused_cpu, layers, rope
 from src.models import vision_transformer as vt
 from tests.helpers import small_encoder
@@ -73,14 +75,30 @@ def test_rope_cache_keyed_by_grid_device_and_dtype():
     f32 = cache.get((2, 4, 4), torch.device("cpu"), torch.float32)
     assert f32[0].dtype == torch.float32 and f32[0].shape == (32, 60)
     assert cache.get((2, 4, 4), "cpu", torch.float32)[0] is f32[0]  # built once, device spelled either way
-    # half-precision activations share the float32 tables (the rotation is done in float32)
-    assert cache.get((2, 4, 4), "cpu", torch.bfloat16)[0] is f32[0]
-    assert cache.get((2, 4, 4), "cpu", torch.float16)[1] is f32[1]
+    # half-precision activations get tables in their own dtype (no float32 copy of q and k),
+    # made from the float32 angles: exactly the float32 tables rounded once
+    bf16, fp16 = cache.get((2, 4, 4), "cpu", torch.bfloat16), cache.get((2, 4, 4), "cpu", torch.float16)
+    assert bf16[0].dtype == torch.bfloat16 and torch.equal(bf16[0], f32[0].bfloat16())
+    assert fp16[1].dtype == torch.float16 and torch.equal(fp16[1], f32[1].half())
+    assert cache.get((2, 4, 4), "cpu", torch.bfloat16)[0] is bf16[0]  # built once
     f64 = cache.get((2, 4, 4), "cpu", torch.float64)
     assert f64[0].dtype == torch.float64 and torch.allclose(f64[0], f32[0].double(), atol=1e-6)
     other = cache.get((1, 4, 4), "cpu")
     assert other[0].shape == (16, 60)
-    assert len(cache._tables) == 3
+    assert len(cache._tables) == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_rope_stays_in_its_dtype_and_close_to_float32(dtype):
+    cos, sin = rope.rope_tables((4, 24, 24), 64)
+    x = torch.randn(1, 2, 4 * 24 * 24, 64).to(dtype)
+    ref = reference_rope(x, cos, sin)  # float64 from the same half inputs
+    low = rope.apply_rope(x, cos.to(dtype), sin.to(dtype))
+    assert low.dtype == dtype
+    # tables and products rounded to the half dtype: a few of its ulps (|x| ≲ 5)
+    tol = 8 * torch.finfo(dtype).eps * 5
+    assert (low.double() - ref).abs().max().item() < tol
+    assert torch.equal(low[..., 60:], x[..., 60:])
 
 
 def test_model_in_float64_keeps_float64_rope():
@@ -167,6 +185,7 @@ def test_compile_is_off_by_default():
 def test_compile_flag_wraps_only_the_forward():
     enc = ClipEncoder("random:tiny", device="cpu", img_size=32, compile=True)  # compiles lazily, not here
     assert enc.compiled is True and enc._forward != enc.model.forward_features
+    assert isinstance(enc._forward, CompiledForward) and enc._forward.model is enc.model
     assert isinstance(enc.model, vt.VisionTransformer)  # attributes and state_dict keys unchanged
     assert not any(k.startswith("_orig_mod") for k in enc.model.state_dict())
 
@@ -206,3 +225,66 @@ def test_half_precision_overflow_is_reported_once(caplog):
         enc.encode(clips)
     assert not torch.isfinite(bad).all()
     assert caplog.text.count("features contain inf/NaN with float16 compute (overflow): use --dtype bf16 or fp32") == 1
+
+
+# ----------------------------------------------------------------------------- torch.compile
+def counting_backend(counter: list):
+    """A torch.compile backend that runs the captured graph as is and counts compilations."""
+    def backend(graph_module, example_inputs):
+        counter.append(len(graph_module.graph.nodes))
+        return graph_module.forward
+    return backend
+
+
+@pytest.mark.parametrize("arch,frames,layers", [
+    ("tiny", 4, "last"), ("tiny", 4, "hierarchical"), ("tiny", 4, (0, 1)),
+    ("vjepa2_1_tiny", 4, "hierarchical"), ("vjepa2_1_tiny", 1, "last"),  # 2.1: norms_block, image path
+])
+def test_encoder_compiles_to_one_graph_without_breaks(arch, frames, layers):
+    model = vt.FACTORIES[arch](img_size=32, num_frames=frames).eval()
+    compiled = CompiledForward(model, backend="eager")
+    x = torch.randn(2, 3, frames, 32, 32)
+    cos, sin = model.rope_tables_for(x)  # built outside the compiled region
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(compiled.trunk)(x, cos, sin, layers)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_compiled_forward_never_recompiles_for_calls_or_batch_sizes():
+    model = small_encoder("tiny", img_size=32, num_frames=4)
+    graphs = []
+    compiled = CompiledForward(model, backend=counting_backend(graphs))
+    x = torch.randn(3, 3, 4, 32, 32)
+    with torch.inference_mode():
+        eager = model.forward_features(x, "hierarchical")
+        first = compiled(x[:2], "hierarchical")  # compiles for batch 2
+        again = compiled(x[:2], "hierarchical")
+        partial = compiled(x[:1], "hierarchical")  # padded to 2
+        bigger = compiled(x, "hierarchical")  # chunks of 2
+        expanded = compiled(x[:2, :, :1].expand(-1, -1, 4, -1, -1), "hierarchical")  # other strides
+    normal = torch.randn(2, 3, 4, 32, 32)  # a tensor made outside inference mode (as a DataLoader's)
+    with torch.inference_mode():
+        plain = compiled(normal, "hierarchical")
+    assert len(graphs) == 1 and graphs[0] > 20  # one whole-encoder graph, compiled once
+    for got, want in ((first, eager[:2]), (again, eager[:2]), (partial, eager[:1]), (bigger, eager)):
+        assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5
+    with torch.inference_mode():
+        want = model.forward_features(x[:2, :, :1].expand(-1, -1, 4, -1, -1), "hierarchical")
+        assert (expanded - want).abs().max().item() < 1e-5
+        assert (plain - model.forward_features(normal, "hierarchical")).abs().max().item() < 1e-5
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(caplog):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    model = small_encoder("tiny", img_size=32, num_frames=4)
+    compiled = CompiledForward(model, backend=broken_backend)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="src.models.compile"), torch.inference_mode():
+        outputs = [compiled(x), compiled(x[:1]), compiled(x)]
+        eager = model.forward_features(x)
+    warnings_ = [r for r in caplog.records if r.name == "src.models.compile"]
+    assert len(warnings_) == 1 and "running the encoder eagerly" in warnings_[0].getMessage()
+    assert "no C++ compiler here" in warnings_[0].getMessage() and compiled.failed
+    assert torch.equal(outputs[0], eager) and torch.equal(outputs[1], eager[:1]) and torch.equal(outputs[2], eager)

@@ -52,12 +52,14 @@ def grid_positions(grid: tuple[int, int, int], device=None, row_grid: tuple[int,
 
 
 def rope_table_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the RoPE tables for inputs of `dtype`: float32, or float64 for float64 inputs.
+    """dtype of the RoPE tables for activations of `dtype`: the activations' own, so the rotation
+    makes no float32 copy of q and k (a float dtype; anything else gets float32 tables).
 
-    Half-precision inputs (bf16/fp16) use float32 tables: position angles up to a few hundred
-    radians lose all precision in bf16, so the rotation is always done in at least float32.
+    The angles are always computed in float32 (position angles up to a few hundred radians lose
+    all precision in bf16); only the finished cos/sin are cast. Meta's code computes everything
+    in the activation dtype.
     """
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return dtype if dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else torch.float32
 
 
 def interpolated_positions(grid: tuple[int, int, int], target: int, device=None) -> torch.Tensor:
@@ -104,34 +106,39 @@ def rotate_adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first 3*s channels of `x` `[B, heads, N, head_dim]`; the rest pass through.
 
-    Computes `x*cos + rotate_adjacent_pairs(x)*sin` (float32 at least: the tables' dtype,
-    promoted with x's) and casts back to x's dtype. Without autograd it is written without
-    the rotated copy, `torch.stack` or `torch.cat`: one product into a preallocated output,
-    one multiply-add per half of each pair (strided views), then the pass-through channels.
+    Computes `x*cos + rotate_adjacent_pairs(x)*sin` in the tables' dtype promoted with x's
+    (tables in x's dtype, as `RopeCache` gives them: no copy of x in another dtype) and returns
+    x's dtype. Eager without autograd it is written without the rotated copy, `torch.stack` or
+    `torch.cat`: one product into a preallocated output, one multiply-add per half of each pair
+    (strided views), then the pass-through channels. Under autograd or torch.compile it is the
+    out-of-place formula (in-place writes into `out=` buffers are not differentiable and break
+    Dynamo's graph; inductor fuses the formula into one kernel).
     Each axis block rotates its own adjacent pairs; blocks have even width so pairs never
     straddle two axes and one pairing over the concatenated 3*s channels is equivalent.
     """
     r = cos.shape[-1]
-    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
-        # autograd: the out-of-place formula (in-place writes into `out` are not differentiable)
-        x_rot = x[..., :r].to(torch.promote_types(x.dtype, cos.dtype))
+    dtype = torch.promote_types(x.dtype, cos.dtype)
+    if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad)):
+        x_rot = x[..., :r].to(dtype)
         rotated = x_rot * cos + rotate_adjacent_pairs(x_rot) * sin
         return torch.cat([rotated.to(x.dtype), x[..., r:]], dim=-1)
-    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
     x_rot, out_rot = x[..., :r], out[..., :r]
     torch.mul(x_rot, cos, out=out_rot)
     x_pairs, out_pairs, sin_pairs = x_rot.unflatten(-1, (-1, 2)), out_rot.unflatten(-1, (-1, 2)), sin.unflatten(-1, (-1, 2))
     out_pairs[..., 0].addcmul_(x_pairs[..., 1], sin_pairs[..., 0], value=-1)  # y[2j]   = -x[2j+1]
     out_pairs[..., 1].addcmul_(x_pairs[..., 0], sin_pairs[..., 1])            # y[2j+1] =  x[2j]
     out[..., r:] = x[..., r:]
-    return out.to(x.dtype)
+    return out if dtype == x.dtype else out.to(x.dtype)
 
 
 class RopeCache:
     """cos/sin tables per (grid, device, table dtype), built once: every block of a forward pass shares them.
 
-    `get(grid, device, dtype)` takes the dtype of the activations; the tables are float32 for
-    fp32/bf16/fp16 activations (see `rope_table_dtype`) and float64 for float64 ones.
+    `get(grid, device, dtype)` takes the dtype of the activations and gives tables in that dtype
+    (see `rope_table_dtype`), their angles computed in float32. A plain dict: call it outside a
+    compiled region and pass the tables in (`src.models.compile`), so Dynamo never guards on it.
     """
 
     def __init__(self, head_dim: int, layout: str = "repeat", interpolate_to: int | None = None,
