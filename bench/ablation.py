@@ -10,7 +10,8 @@ the performance work, reproduced here by monkeypatching):
   1 + contiguous    patch-embedding output made contiguous once (no LayerNorm input copies)
   2 + rope          RoPE written into one preallocated tensor (no stack/neg/cat temporaries)
   3 + fused linear  oneDNN linears with bias / GELU / residual add fused (CPU fp32, no autograd)
-  4 + compile       torch.compile on top of 3 (only with --compile; compile time reported)
+  4 + compile       src.models.compile.CompiledForward (what --compile runs; only with --compile;
+                    compile time reported)
 
 Two clocks: wall time with the default thread count (what a user sees; noisy on a shared
 machine) and CPU time of one thread with `torch.set_num_threads(1)` (`time.thread_time`,
@@ -20,7 +21,6 @@ Writes bench/ablation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine_info, time_calls, write_results  # noqa: E402
+from src.models import fused_cpu, layers, rope  # noqa: E402
 from src.models import vision_transformer as vt  # noqa: E402
+from src.models.compile import CompiledForward  # noqa: E402
+from src.models.flops import count_forward_flops  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the "before" code
@@ -40,7 +44,7 @@ def reference_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     """RoPE as first written: rotated copy by stack(-odd, even), products, cat with the rest."""
     r = cos.shape[-1]
     x_rot, x_pass = x[..., :r].to(torch.promote_types(x.dtype, cos.dtype)), x[..., r:]
-    out = x_rot * cos + vt.rotate_adjacent_pairs(x_rot) * sin
+    out = x_rot * cos + rope.rotate_adjacent_pairs(x_rot) * sin
     return torch.cat([out.to(x.dtype), x_pass], dim=-1)
 
 
@@ -49,35 +53,22 @@ def reference_patch_embed_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(x).flatten(2).transpose(1, 2)
 
 
-_PATCH_EMBED_FORWARD = vt.PatchEmbed3D.forward
-_APPLY_ROPE = vt.apply_rope
+_PATCH_EMBED_FORWARD = layers.PatchEmbed3D.forward
+_APPLY_ROPE = layers.apply_rope  # the name Attention calls
 VARIANTS = ["0 baseline", "1 + contiguous", "2 + rope", "3 + fused linear"]
 
 
 @contextmanager
 def variant(level: int):
     """Code paths of cumulative variant `level` (0..3) for the duration of the block."""
-    saved = (vt.PatchEmbed3D.forward, vt.apply_rope, vt.FUSED_CPU_LINEAR)
-    vt.PatchEmbed3D.forward = _PATCH_EMBED_FORWARD if level >= 1 else reference_patch_embed_forward
-    vt.apply_rope = _APPLY_ROPE if level >= 2 else reference_apply_rope
-    vt.FUSED_CPU_LINEAR = level >= 3
+    saved = (layers.PatchEmbed3D.forward, layers.apply_rope, fused_cpu.FUSED_CPU_LINEAR)
+    layers.PatchEmbed3D.forward = _PATCH_EMBED_FORWARD if level >= 1 else reference_patch_embed_forward
+    layers.apply_rope = _APPLY_ROPE if level >= 2 else reference_apply_rope
+    fused_cpu.FUSED_CPU_LINEAR = level >= 3
     try:
         yield
     finally:
-        vt.PatchEmbed3D.forward, vt.apply_rope, vt.FUSED_CPU_LINEAR = saved
-
-
-# ----------------------------------------------------------------------------- measurement
-def measure(fns: dict, reps: int, clock) -> dict[str, list[float]]:
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up (and compilation)
-    for _ in range(reps):
-        for k, fn in fns.items():  # interleaved: load from other processes hits all alike
-            start = clock()
-            fn()
-            times[k].append(clock() - start)
-    return times
+        layers.PatchEmbed3D.forward, layers.apply_rope, fused_cpu.FUSED_CPU_LINEAR = saved
 
 
 def main() -> int:
@@ -95,7 +86,7 @@ def main() -> int:
     arch = "vit_large" if args.width == 1024 else "vit_giant_xformers"
     model = vt.FACTORIES[arch](img_size=args.size, num_frames=args.frames, depth=args.depth).eval()
     x = torch.randn(1, 3, args.frames, args.size, args.size)
-    flops = vt.count_forward_flops(model, args.frames, args.size, args.size)
+    flops = count_forward_flops(model, args.frames, args.size, args.size)
 
     def run(level):
         def fn():
@@ -106,7 +97,7 @@ def main() -> int:
     fns = {name: run(i) for i, name in enumerate(VARIANTS)}
     compile_s = None
     if args.compile:
-        compiled = torch.compile(model)
+        compiled = CompiledForward(model)  # what --compile runs: one graph, RoPE tables passed in
         start = time.perf_counter()
         with variant(3), torch.inference_mode():
             compiled(x)
@@ -122,13 +113,13 @@ def main() -> int:
         diffs = {k: (fn() - ref).abs().max().item() for k, fn in fns.items()}
 
     threads = torch.get_num_threads()
-    wall = measure(fns, args.reps, time.perf_counter)
+    wall = time_calls(fns, args.reps)  # after one warm-up call each (and compilation)
     torch.set_num_threads(1)
-    cpu1 = measure(fns, args.reps, time.thread_time)
+    cpu1 = time_calls(fns, args.reps, clock=time.thread_time)
     torch.set_num_threads(threads)
 
     result = {"arch": arch, "width": args.width, "depth": args.depth, "input": [args.frames, args.size, args.size],
-              "gflops_per_clip": flops / 1e9, "threads": threads, "torch": torch.__version__,
+              "gflops_per_clip": flops / 1e9, "threads": threads, "torch": torch.__version__, "machine": machine_info(),
               "compile_first_call_s": compile_s, "variants": {}}
     base_wall, base_cpu = statistics.median(wall[VARIANTS[0]]), statistics.median(cpu1[VARIANTS[0]])
     print(f"\n{arch} width {args.width}, depth {args.depth}, {args.frames}×{args.size}×{args.size}, fp32 CPU\n")
@@ -145,7 +136,7 @@ def main() -> int:
               f"{c:.3f} / {min(cpu1[k]):.3f} | {base_cpu / c:.2f}× / {base_cpu_min / min(cpu1[k]):.2f}× | {diffs[k]:.1e} |")
     if compile_s is not None:
         print(f"\ntorch.compile first call (compilation + one forward): {compile_s:.1f} s")
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     print(f"\nwrote {args.output}")
     return 0
 

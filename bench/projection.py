@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
 
 VARIANTS = ("unified-umap", "unified-pca", "naive-umap")
 
@@ -164,29 +164,6 @@ def run_worker(variant: str, cache: str, cache_dir: Path, data: Path, args: argp
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
-    import numba
-    import sklearn
-    import torch
-    import umap
-
-    from src.package import cpu_name
-
-    cpu = cpu_name()
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "umap": umap.__version__,
-        "numba": numba.__version__,
-        "sklearn": sklearn.__version__,
-        "torch": torch.__version__,
-    }
-
-
 def table(results: list[dict]) -> str:
     rows = ["| variant | cache | tokens fitted | import s | sample/load s | fit s | transform s | work s "
             "| compile s (in the above) | process s | base MB | peak MB | ARI | load |",
@@ -252,7 +229,9 @@ def main() -> int:
             for cache in caches:
                 print(f"running {variant} ({cache} numba cache) ...", file=sys.stderr)
                 results.append(run_worker(variant, cache, cache_dir, Path(tmp), args))
-    machine = machine_info()
+    from bench.common import machine_info  # here, not at the top: the worker processes stay free of torch
+
+    machine = machine_info(packages=("numpy", "umap", "numba", "sklearn"))
     try:
         machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from src.device import resolve_device, resolve_dtype
+from src.models.compile import CompiledForward
 from src.models.weights import load_encoder, model_info
 from src.spatial import DEFAULT_MAX_TOKENS, SpatialPlan, check_spatial_options
 
@@ -108,7 +109,6 @@ class ClipEncoder:
                                   dtype=self.dtype, num_heads=num_heads)
         self.layers = parse_layers(layers) if isinstance(layers, str) else [int(i) for i in layers]
         if self.layers == "hierarchical":
-            self.model.return_hierarchical = True
             self.layer_indices = list(self.model.hierarchical_layers)
         elif self.layers == "last":
             self.layer_indices = [self.model.depth - 1]
@@ -118,7 +118,7 @@ class ClipEncoder:
         self.compiled = bool(compile)
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
-        self._forward = torch.compile(self.model) if self.compiled else self.model
+        self._forward = CompiledForward(self.model) if self.compiled else self.model.forward_features
         self.crop = self.model.img_size
         self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size, short_side,
                                    max_tokens, image_path_frames=self.model.img_temporal_dim_size)
@@ -162,10 +162,7 @@ class ClipEncoder:
         uploaded once and expanded again on the device rather than materialised on the host.
         """
         x = to_device_keep_broadcast(clips, self.device, self.dtype)
-        if isinstance(self.layers, list):
-            feats = torch.cat(self._forward(x, out_layers=self.layer_indices), dim=-1).to(torch.float16)
-        else:  # last, or hierarchical (the model concatenates its levels)
-            feats = self._forward(x).to(torch.float16)
+        feats = self._forward(x, self.layer_indices if isinstance(self.layers, list) else self.layers).to(torch.float16)
         if self.dtype != torch.float32 and not self._warned_nonfinite and not torch.isfinite(feats).all():
             # fp16 compute can overflow (65504) inside a deep ViT; say so once rather than store inf/NaN quietly
             self._warned_nonfinite = True

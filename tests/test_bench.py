@@ -1,12 +1,18 @@
 """bench/run.py's arithmetic and its MFU section on a tiny CPU model (no timing assertions)."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from bench.common import machine_info
+from bench.sections import mfu, spatial
+from src.models import vision_transformer as vt
+from src.models.flops import count_forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +38,16 @@ def bench_run():
     ("NVIDIA L40", None),  # not L4, not L40S: unknown, so the MFU asks for --peak_tflops
     ("NVIDIA GeForce RTX 4090", None),
 ])
-def test_gpu_peak_table(bench_run, name, peak):
-    assert bench_run.gpu_bf16_peak_tflops(name) == peak
+def test_gpu_peak_table(name, peak):
+    assert mfu.gpu_bf16_peak_tflops(name) == peak
 
 
-def test_mfu_section_counts_flops_and_divides_by_the_peak(bench_run):
-    res = bench_run.bench_mfu("tiny", 32, None, torch.float32, torch.device("cpu"), [1, 2], reps=1,
+def test_mfu_section_counts_flops_and_divides_by_the_peak():
+    res = mfu.bench_mfu("tiny", 32, None, torch.float32, torch.device("cpu"), [1, 2], reps=1,
                               peak_tflops=2.0, matmul_reps=1)
-    model = bench_run.vt.FACTORIES["tiny"](img_size=32, num_frames=16)
+    model = vt.FACTORIES["tiny"](img_size=32, num_frames=16)
     assert res["tokens_per_clip"] == 8 * 2 * 2 and res["depth"] == model.depth
-    assert res["tflops_per_clip"] == pytest.approx(bench_run.vt.count_forward_flops(model, 16, 32, 32) / 1e12)
+    assert res["tflops_per_clip"] == pytest.approx(count_forward_flops(model, 16, 32, 32) / 1e12)
     assert [r["batch"] for r in res["runs"]] == [1, 2]
     for run in res["runs"]:
         expected = run["batch"] * res["tflops_per_clip"] / run["median_s"]
@@ -64,7 +70,7 @@ def test_cli_mfu_only_writes_json_and_table(tmp_path):
 
 
 def test_spatial_section_counts_tokens_of_both_modes(bench_run, tmp_path):
-    res = bench_run.bench_spatial("random:tiny", "cpu", windows=1, reps=1, tmp=tmp_path, img_size=32)
+    res = spatial.bench_spatial("random:tiny", "cpu", windows=1, reps=1, tmp=tmp_path, img_size=32)
     center, full = res["modes"]["center"], res["modes"]["full"]
     assert res["frame_size"] == [360, 640]  # the shipped 16:9 frames
     # 32 px crop: 2×2 patches; whole frame at short side 32: 640·32/360 = 56.9 → 64 px, 2×4 patches
@@ -74,6 +80,27 @@ def test_spatial_section_counts_tokens_of_both_modes(bench_run, tmp_path):
         assert m["tokens_per_window"] == 8 * m["grid"][1] * m["grid"][2]
         assert m["tokens_per_s"] == pytest.approx(m["windows_per_s"] * m["tokens_per_window"])
     assert res["full_vs_center"]["tokens"] == 2.0
-    md = bench_run.markdown({"quick": True, "machine": bench_run.machine_info(torch.device("cpu")), "load_before": None,
+    md = bench_run.markdown({"quick": True, "machine": machine_info(torch.device("cpu")), "load_before": None,
                              "load_after": None, "settings": {"reps": 1, "depth": 2}, "spatial": res, "targets": []})
     assert "## Whole frame vs centre crop" in md and "| full | 32×64 | 8×2×4 | 64 | 100 % |" in md
+
+
+def test_every_section_is_registered_with_markdown_and_a_run(bench_run):
+    assert set(bench_run.SECTIONS) == set(bench_run.DEFAULT_ORDER)
+    for name, section in bench_run.SECTIONS.items():
+        assert callable(section.run) and callable(section.markdown), name
+    # requirements run first, and memory before everything (while the process is small)
+    assert bench_run.run_order(["encoder"]) == ["matmul", "encoder"]
+    assert bench_run.run_order(["v21", "memory", "mfu"]) == ["memory", "v21", "mfu"]
+
+
+def test_machine_info_names_the_cpu_flags():
+    info = machine_info("cpu")
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    assert set(info["cpu_flags"]) == flags & {"avx2", "avx512f", "fma", "avx", "f16c", "avx512bw", "avx512vl",
+                                             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                                             "amx_int8", "neon", "asimd", "sve"}
+    assert info["cpu_count"] == os.cpu_count() and info["torch"] == torch.__version__

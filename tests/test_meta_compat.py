@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.models import layers, rope
 from src.models import vision_transformer as vt
 from src.models.weights import CheckpointError, ModelSpecError, load_encoder
 
@@ -82,7 +83,7 @@ def test_unimplemented_values_and_misspellings_fail():
 
 def test_qk_scale_norm_layer_and_init_std_are_honoured():
     torch.manual_seed(0)
-    attn = vt.Attention(64, 2, scale=0.05)
+    attn = layers.Attention(64, 2, scale=0.05)
     x = torch.randn(1, 5, 64)
     q, k, v = attn.qkv(x).view(1, 5, 3, 2, 32).permute(2, 0, 3, 1, 4)
     by_hand = ((q @ k.transpose(-1, -2)) * 0.05).softmax(-1) @ v  # [B, heads, N, hd]
@@ -219,7 +220,7 @@ def test_giant_head_count_is_chosen_and_said(tmp_path, caplog):
 
 
 def test_handle_nonsquare_inputs_false_reads_positions_on_the_nominal_grid():
-    pos = vt.grid_positions((1, 2, 3), row_grid=(2, 2))
+    pos = rope.grid_positions((1, 2, 3), row_grid=(2, 2))
     # 6 tokens read against a 2×2 frame: (t, h, w) from the flat index
     assert pos.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1]]
     torch.manual_seed(0)

@@ -17,9 +17,8 @@ from PIL import Image
 
 from src.features import load_chunk, load_features
 from src.inference import ClipEncoder
-from src.models.vision_transformer import (
-    FACTORIES, VisionTransformer, hierarchical_layers_for, rope_angles,
-)
+from src.models.rope import rope_angles
+from src.models.vision_transformer import FACTORIES, VisionTransformer, hierarchical_layers_for
 from src.models.weights import (
     CheckpointError, choose_checkpoint_key, infer_architecture, load_encoder, model_info, strip_prefixes,
 )
@@ -72,15 +71,24 @@ def test_image_repeated_into_16_frames_takes_the_video_path(reference_model):
 ])
 def test_hierarchical_concat_matches_meta(inp, expected):
     model = load_encoder(str(CKPT), img_size=64)
-    model.return_hierarchical = True
     with torch.no_grad():
-        out = model(ref(inp))
+        out = model.forward_features(ref(inp), "hierarchical")
     assert out.shape[-1] == 4 * 192
     assert max_diff(out, ref(expected)) <= TOL
-    # out_layers with the 4 hierarchical blocks gives the same chunks
+    # out_layers with the 4 hierarchical blocks gives the same chunks, as does forward_intermediates
     with torch.no_grad():
         levels = model(ref(inp), out_layers=[2, 5, 8, 11])
+        intermediates = model.forward_intermediates(ref(inp), [2, 5, 8, 11])
     assert max_diff(torch.cat(levels, -1), ref(expected)) <= TOL
+    assert all(torch.equal(a, b) for a, b in zip(levels, intermediates)) and len(intermediates) == 4
+    # Meta's constructor option gives the same from forward(x); the flag cannot be flipped afterwards
+    built = VisionTransformer(img_size=64, return_hierarchical=True,
+                              **infer_architecture(strip_prefixes(torch.load(CKPT, weights_only=True)["ema_encoder"])))
+    built.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(built.eval()(ref(inp)), out)
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        model.return_hierarchical = True
 
 
 @pytest.mark.parametrize("inp,expected", [

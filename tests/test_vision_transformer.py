@@ -1,9 +1,14 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from src.models import layers as model_layers
+from src.models import rope
 from src.models import vision_transformer as vt
+from src.models.flops import count_forward_flops
 from tests.helpers import hf_model_from, small_encoder
 
 
@@ -44,14 +49,14 @@ def _explicit_rope(vec, t, h, w, head_dim):
 def test_rope_on_non_square_input_uses_real_grid(monkeypatch):
     model = small_encoder("tiny", img_size=256, num_frames=4)  # head_dim 64
     captured = []
-    original = vt.apply_rope
+    original = model_layers.apply_rope  # what Attention calls
 
     def spy(x, cos, sin):
         out = original(x, cos, sin)
         captured.append((x.detach().clone(), out.detach().clone()))
         return out
 
-    monkeypatch.setattr(vt, "apply_rope", spy)
+    monkeypatch.setattr(model_layers, "apply_rope", spy)
     x = torch.randn(1, 3, 4, 256, 384)  # grid (2, 16, 24): non-square
     with torch.no_grad():
         out = model(x)
@@ -69,20 +74,20 @@ def test_rope_on_non_square_input_uses_real_grid(monkeypatch):
 
 
 def test_rope_angles_float32_for_half_inputs():
-    cos, sin = vt.rope_tables((4, 24, 24), 64)
+    cos, sin = rope.rope_tables((4, 24, 24), 64)
     assert cos.dtype == torch.float32 and cos.shape == (4 * 24 * 24, 60)
     x = torch.randn(1, 2, 4 * 24 * 24, 64)
     x_bf16 = x.bfloat16()
-    ref = vt.apply_rope(x_bf16.float(), cos, sin)  # same inputs, rotated in float32
-    low = vt.apply_rope(x_bf16, cos, sin)
+    ref = rope.apply_rope(x_bf16.float(), cos, sin)  # same inputs, rotated in float32
+    low = rope.apply_rope(x_bf16, cos, sin)
     assert low.dtype == torch.bfloat16
     # angles and products stay float32: only the final cast rounds (bf16: 2^-9 relative)
     assert torch.equal(low, ref.bfloat16())
 
 
 def test_head_dim_80_keeps_two_channels():
-    assert vt.rope_axis_dim(80) == 26 and vt.rope_axis_dim(64) == 20
-    cos, _ = vt.rope_tables((1, 2, 2), 80)
+    assert rope.rope_axis_dim(80) == 26 and rope.rope_axis_dim(64) == 20
+    cos, _ = rope.rope_tables((1, 2, 2), 80)
     assert cos.shape[-1] == 78
 
 
@@ -112,8 +117,46 @@ def test_out_layers_and_input_checks():
         model(torch.randn(3, 2, 32, 32))
 
 
+def test_forward_features_and_intermediates_give_the_outputs_without_flags():
+    model = small_encoder("tiny", depth=4)
+    x = torch.randn(2, 3, 2, 32, 48)
+    with torch.no_grad():
+        last = model(x)
+        blocks = model(x, out_layers=[1, -1])
+        hier = model.forward_features(x, "hierarchical")
+        assert torch.equal(model.forward_features(x), last)  # "last" is forward's default output
+        assert torch.equal(model.forward_features(x, [1, 3]), torch.cat(blocks, dim=-1))
+        inter = model.forward_intermediates(x, [1, -1])
+    assert [tuple(t.shape) for t in inter] == [(2, 6, 192)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(inter, blocks))
+    # 2.0: the 4 levels are the hierarchical blocks through the one `norm`
+    assert model.hierarchical_layers == [0, 1, 2, 3] and hier.shape == (2, 6, 4 * 192)
+    assert torch.equal(hier[..., -192:], last)
+    with torch.no_grad():
+        assert torch.equal(hier, torch.cat(model.forward_intermediates(x, [0, 1, 2, 3]), dim=-1))
+    with pytest.raises(ValueError, match="layers must be"):
+        model.forward_features(x, "deepest")
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        model.return_hierarchical = True
+
+
+def test_no_code_outside_the_model_sets_attributes_on_it():
+    """The model returns its outputs: nobody flips a flag on it to change what it returns."""
+    repo = Path(__file__).resolve().parents[1]
+    assignment = re.compile(r"\b(?:self\.)?(?:model|encoder|_model|enc)\.(return_hierarchical|out_layers)\s*=[^=]")
+    offenders = []
+    for path in [*repo.glob("*.py"), *(repo / "src").rglob("*.py"), *(repo / "bench").rglob("*.py")]:
+        if (repo / "src" / "models") in path.parents:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if assignment.search(line):
+                offenders.append(f"{path.relative_to(repo)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+    assert assignment.search("        self.model.return_hierarchical = True")  # the pattern finds what it should
+
+
 def test_flop_count_matches_hand_computation():
     model = vt.vit_large(depth=1)
     n, d = 8 * 16 * 16, 1024
     expected = 2 * n * d * 3 * 2 * 256 + 2 * n * d * (4 * d + 2 * 4096) + 4 * n * n * d
-    assert vt.count_forward_flops(model, 16, 256, 256) == expected
+    assert count_forward_flops(model, 16, 256, 256) == expected

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.models.vision_transformer import Block, Mlp
+from src.models.layers import Block, Mlp
 
 PROBE_NORM_EPS = 1e-5
 

@@ -1,22 +1,27 @@
 """V-JEPA 2 / 2.1 video encoder: a ViT over 3D patches (tubelets) with 3D rotary position embeddings.
 
 One configurable `VisionTransformer` covers both generations through explicit options, plus
-small factories for the released families: 2.0 (`vit_large`, `vit_huge`, `vit_giant_xformers`,
-`vit_gigantic_xformers` and their `_rope` aliases) and 2.1 (`vjepa2_1_vit_base` … `_gigantic`).
-What 2.1 changes (see the README's 2.1 section): interleaved RoPE frequencies, RoPE positions
-rescaled onto the 16×16 pre-training grid, modality embeddings, a 1-frame image patch embedding
-used when T == 1, and four per-level LayerNorms (`norms_block`) instead of one `norm`.
-State-dict keys follow Meta's original checkpoints (`patch_embed.proj`, `patch_embed_img.proj`,
-`{video,img}_mod_embed`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm` or
-`norms_block.{0..3}`).
+Meta's factory names for the released families (built from `src.models.registry`): 2.0
+(`vit_large`, `vit_huge`, `vit_giant_xformers`, `vit_gigantic_xformers` and their `_rope` aliases)
+and 2.1 (`vjepa2_1_vit_base` … `_gigantic`). What 2.1 changes (see the README's 2.1 section):
+interleaved RoPE frequencies, RoPE positions rescaled onto the 16×16 pre-training grid, modality
+embeddings, a 1-frame image patch embedding used when T == 1, and four per-level LayerNorms
+(`norms_block`) instead of one `norm`. State-dict keys follow Meta's original checkpoints
+(`patch_embed.proj`, `patch_embed_img.proj`, `{video,img}_mod_embed`,
+`blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm` or `norms_block.{0..3}`).
 
-No I/O, no argument parsing: weight loading lives in `src/models/weights.py`.
+Outputs: `forward(x, masks=None, out_layers=None)` is Meta's call site; `forward_features(x,
+layers)` gives the last layer, the 4 hierarchical levels or chosen blocks as one tensor, and
+`forward_intermediates(x, layers)` the normed block outputs as a list. Nothing about what the
+model returns is changed by setting attributes from outside.
+
+No I/O, no argument parsing: weight loading lives in `src/models/weights/`.
 """
 from __future__ import annotations
 
 import math
-from functools import partial
 import warnings
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -24,270 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from src.models.layers import Block, PatchEmbed3D
+from src.models.registry import build_factories
+# re-exported: the architecture table is read from this module by code written against it
+from src.models.registry import ARCHITECTURES, DEFAULT_IMG_SIZE, V2_1_OPTIONS  # noqa: F401
+from src.models.rope import RopeCache
+
 LAYER_NORM_EPS = 1e-6
-
-
-# ----------------------------------------------------------------------------- 3D RoPE
-def rope_axis_dim(head_dim: int) -> int:
-    """Channels rotated per axis (time, height, width); the rest of head_dim is passed through."""
-    return 2 * ((head_dim // 3) // 2)
-
-
-ROPE_LAYOUTS = ("repeat", "interleave")
-
-
-def rope_angles(positions: torch.Tensor, axis_dim: int, layout: str = "repeat") -> torch.Tensor:
-    """Angles `[..., axis_dim]` for positions (float32), channel by channel.
-
-    `repeat` (2.0): channel c uses frequency c mod s/2 (the s/2 frequencies tiled twice), so
-    the two channels of a rotated pair use different frequencies; the 2.0 weights were trained
-    with this. `interleave` (2.1): both channels of pair i use frequency i, a true 2-D rotation.
-    """
-    half = axis_dim // 2
-    omega = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float32, device=positions.device) / half))
-    angles = positions.to(torch.float32)[..., None] * omega  # [..., half]
-    if layout == "interleave":
-        return angles.repeat_interleave(2, dim=-1)  # [..., axis_dim]: θ0 θ0 θ1 θ1 …
-    return torch.cat([angles, angles], dim=-1)  # [..., axis_dim]: θ0 θ1 … θ0 θ1 …
-
-
-def grid_positions(grid: tuple[int, int, int], device=None, row_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """(t, h, w) integer position of each token, `[N, 3]`, in the t-major, h, w token order.
-
-    `row_grid` (Hn, Wn): read the flat token index n against a nominal Hn×Wn frame instead
-    (t = n // (Hn·Wn), h = n // Wn mod Hn, w = n mod Wn): the original's positions with
-    `handle_nonsquare_inputs=False`, which equal the real ones only at the nominal size.
-    """
-    if row_grid is not None:
-        hn, wn = row_grid
-        n = torch.arange(math.prod(grid), device=device)
-        return torch.stack([n // (hn * wn), (n // wn) % hn, n % wn], dim=-1)
-    t, h, w = torch.meshgrid(
-        *(torch.arange(n, device=device) for n in grid), indexing="ij"
-    )
-    return torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=-1)
-
-
-def rope_table_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the RoPE tables for inputs of `dtype`: float32, or float64 for float64 inputs.
-
-    Half-precision inputs (bf16/fp16) use float32 tables: position angles up to a few hundred
-    radians lose all precision in bf16, so the rotation is always done in at least float32.
-    """
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def interpolated_positions(grid: tuple[int, int, int], target: int, device=None) -> torch.Tensor:
-    """Float (t, h, w) positions `[N, 3]` with h and w rescaled onto a `target`×`target` grid.
-
-    2.1's `interpolate_rope`: row h → h·(G−1)/(Hp−1), column w → w·(G−1)/(Wp−1) (multiply, then
-    divide, in float32), so every input spans positions 0 … G−1 on each spatial axis, each axis
-    on its own; t stays the tubelet index.
-    """
-    _, hp, wp = grid
-    if hp < 2 or wp < 2:
-        # the rescale divides by Hp−1 / Wp−1: Meta's code yields NaN positions here
-        raise ValueError(f"interpolate_rope needs at least 2 patches per side, got a {hp}×{wp} patch grid "
-                         "(input 16 px tall or wide)")
-    pos = grid_positions(grid, device=device).to(torch.float32)
-    pos[:, 1] = pos[:, 1] * (target - 1) / (hp - 1)
-    pos[:, 2] = pos[:, 2] * (target - 1) / (wp - 1)
-    return pos
-
-
-def rope_tables(grid: tuple[int, int, int], head_dim: int, device=None, dtype: torch.dtype = torch.float32,
-                layout: str = "repeat", interpolate_to: int | None = None,
-                row_grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables `[N, 3*s]` for a patch grid (Tp, Hp, Wp); angles computed in float32.
-
-    `layout`: frequency layout (see `rope_angles`). `interpolate_to`: rescale h/w positions onto
-    a grid of that size (see `interpolated_positions`); None keeps integer patch indices.
-    """
-    s = rope_axis_dim(head_dim)
-    if interpolate_to is None:
-        pos = grid_positions(grid, device=device, row_grid=row_grid)  # [N, 3]
-    else:
-        pos = interpolated_positions(grid, interpolate_to, device=device)
-    angles = torch.cat([rope_angles(pos[:, axis], s, layout) for axis in range(3)], dim=-1)  # [N, 3s]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate_adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
-    """Companion of RoPE in V-JEPA 2's convention: y[2j] = -x[2j+1], y[2j+1] = x[2j]."""
-    pairs = x.unflatten(-1, (-1, 2))  # [..., s/2, 2]
-    return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first 3*s channels of `x` `[B, heads, N, head_dim]`; the rest pass through.
-
-    Computes `x*cos + rotate_adjacent_pairs(x)*sin` (float32 at least: the tables' dtype,
-    promoted with x's) and casts back to x's dtype. Without autograd it is written without
-    the rotated copy, `torch.stack` or `torch.cat`: one product into a preallocated output,
-    one multiply-add per half of each pair (strided views), then the pass-through channels.
-    Each axis block rotates its own adjacent pairs; blocks have even width so pairs never
-    straddle two axes and one pairing over the concatenated 3*s channels is equivalent.
-    """
-    r = cos.shape[-1]
-    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
-        # autograd: the out-of-place formula (in-place writes into `out` are not differentiable)
-        x_rot = x[..., :r].to(torch.promote_types(x.dtype, cos.dtype))
-        rotated = x_rot * cos + rotate_adjacent_pairs(x_rot) * sin
-        return torch.cat([rotated.to(x.dtype), x[..., r:]], dim=-1)
-    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
-    x_rot, out_rot = x[..., :r], out[..., :r]
-    torch.mul(x_rot, cos, out=out_rot)
-    x_pairs, out_pairs, sin_pairs = x_rot.unflatten(-1, (-1, 2)), out_rot.unflatten(-1, (-1, 2)), sin.unflatten(-1, (-1, 2))
-    out_pairs[..., 0].addcmul_(x_pairs[..., 1], sin_pairs[..., 0], value=-1)  # y[2j]   = -x[2j+1]
-    out_pairs[..., 1].addcmul_(x_pairs[..., 0], sin_pairs[..., 1])            # y[2j+1] =  x[2j]
-    out[..., r:] = x[..., r:]
-    return out.to(x.dtype)
-
-
-class RopeCache:
-    """cos/sin tables per (grid, device, table dtype), built once: every block of a forward pass shares them.
-
-    `get(grid, device, dtype)` takes the dtype of the activations; the tables are float32 for
-    fp32/bf16/fp16 activations (see `rope_table_dtype`) and float64 for float64 ones.
-    """
-
-    def __init__(self, head_dim: int, layout: str = "repeat", interpolate_to: int | None = None,
-                 row_grid: tuple[int, int] | None = None):
-        if layout not in ROPE_LAYOUTS:
-            raise ValueError(f"rope layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
-        self.head_dim, self.layout, self.interpolate_to = head_dim, layout, interpolate_to
-        self.row_grid = row_grid
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, grid: tuple[int, int, int], device: torch.device,
-            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        table_dtype = rope_table_dtype(dtype)
-        key = (tuple(grid), str(torch.device(device)), table_dtype)
-        if key not in self._tables:
-            self._tables[key] = rope_tables(grid, self.head_dim, device=device, dtype=table_dtype,
-                                            layout=self.layout, interpolate_to=self.interpolate_to,
-                                            row_grid=self.row_grid)
-        return self._tables[key]
-
-
-# ----------------------------------------------------------------------------- fused CPU linears
-# oneDNN's linear with a fused epilogue (bias, GELU, residual add): the kernels torch.compile's
-# CPU backend emits. On CPU, in fp32 and without autograd, each Linear of a block runs as one
-# oneDNN call instead of bias-copy + GEMM (+ GELU / + residual add) passes over the output.
-# Set to False to get the plain nn.Linear path (bench/ablation.py does, to measure the effect).
-FUSED_CPU_LINEAR = True
-
-
-def _onednn_linear_ops():
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_linear_ops() if torch.backends.mkldnn.is_available() else None
-
-
-def use_fused_linear(x: torch.Tensor) -> bool:
-    """Whether the oneDNN fused path applies to activations `x` (CPU, fp32, no autograd).
-
-    Not under torch.compile: inductor cannot lower these ops given plain weights, and it does
-    its own fusion of the nn.Linear path.
-    """
-    return (FUSED_CPU_LINEAR and _ONEDNN_LINEAR is not None and x.device.type == "cpu"
-            and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling())
-
-
-def fused_linear(x: torch.Tensor, linear: nn.Linear, activation: str = "none") -> torch.Tensor:
-    """`linear(x)`, then GELU (erf) if `activation == "gelu"`, as one oneDNN call (CPU fp32)."""
-    return _ONEDNN_LINEAR[0](x, linear.weight, linear.bias, activation, [], "none" if activation == "gelu" else "")
-
-
-def fused_linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-    """`residual + linear(x)` as one oneDNN call (CPU fp32)."""
-    return _ONEDNN_LINEAR[1](x, residual, linear.weight, linear.bias, "add")
-
-
-# ----------------------------------------------------------------------------- layers
-class PatchEmbed3D(nn.Module):
-    """Tubelet embedding: Conv3d with kernel = stride = (tubelet, patch, patch)."""
-
-    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size, self.tubelet_size = patch_size, tubelet_size
-        kernel = (tubelet_size, patch_size, patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # [B, D, Tp, Hp, Wp]
-        # [B, N, D], t-major then h then w. Made contiguous once here: a transposed view would
-        # carry its channel-major strides through every residual add of the network, and each
-        # LayerNorm would then copy its input to a contiguous buffer first.
-        return x.flatten(2).transpose(1, 2).contiguous()
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with fused qkv; 3D RoPE on q and k when tables are given."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, scale: float | None = None):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = scale  # None: head_dim^-0.5 (the original's qk_scale=None)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention of `x` `[B, N, D]`; with `residual`, returns `residual + attention` (fused on CPU)."""
-        B, N, D = x.shape
-        fused = use_fused_linear(x)
-        qkv = fused_linear(x, self.qkv) if fused else self.qkv(x)
-        # views, no copies: q, k, v keep qkv's memory ([B, N, 3, heads, head_dim] permuted)
-        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, heads, N, hd]
-        x = x.transpose(1, 2).reshape(B, N, D)  # [B, heads, N, hd] → [B, N, D]: the one copy
-        if residual is None:
-            return self.proj(x)
-        return fused_linear_add(x, self.proj, residual) if fused else residual + self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """MLP of `x`; with `residual`, returns `residual + mlp(x)` (fused on CPU)."""
-        if use_fused_linear(x) and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
-            h = fused_linear(x, self.fc1, "gelu")
-            return self.fc2(h) if residual is None else fused_linear_add(h, self.fc2, residual)
-        out = self.fc2(self.act(self.fc1(x)))
-        return out if residual is None else residual + out
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, qkv_bias: bool, norm_layer: Callable,
-                 qk_scale: float | None = None):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, scale=qk_scale)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, mlp_hidden_dim)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.attn(self.norm1(x), cos, sin, residual=x)  # x + attn(norm1(x))
-        return self.mlp(self.norm2(x), residual=x)  # x + mlp(norm2(x))
-
 
 # ----------------------------------------------------------------------------- model
 # Pre-training grid of RoPE interpolation, by patch size: 256 px / 16 and 252 px / 14 (2.1).
@@ -334,8 +82,10 @@ class VisionTransformer(nn.Module):
             tubelet) with `img_mod_embed`: 2.1's image path. None: no image path (2.0).
         norms_block: four per-level LayerNorms `norms_block.{0..3}` at `hierarchical_layers`
             instead of one `norm` (2.1); the default output is `norms_block[3]` after the last block.
-        return_hierarchical: forward returns the 4 levels concatenated on channels `[B, N, 4·D]`
-            (2.1's `return_hierarchical`; also settable as an attribute afterwards).
+        return_hierarchical: `forward(x)` returns the 4 levels concatenated on channels
+            `[B, N, 4·D]` (2.1's `return_hierarchical`). Fixed at construction: to get other
+            outputs from a built model call `forward_features(x, "hierarchical")` or
+            `forward_intermediates(x, layers)`.
 
     Meta's constructor arguments, accepted by name so its call sites run unchanged:
         use_rope: 3D RoPE (default here, as every released V-JEPA 2 encoder; Meta's own default
@@ -412,7 +162,7 @@ class VisionTransformer(nn.Module):
         self.out_layers = list(out_layers) if out_layers is not None else None
         self.rope_layout, self.interpolate_rope = rope_layout, bool(interpolate_rope)
         self.img_temporal_dim_size = img_temporal_dim_size
-        self.return_hierarchical = bool(return_hierarchical)
+        self._return_hierarchical = bool(return_hierarchical)
         self.use_rope, self.handle_nonsquare_inputs = bool(use_rope), bool(handle_nonsquare_inputs)
         self.qk_scale, self.init_std, self.uniform_power = qk_scale, init_std, uniform_power
         self.use_activation_checkpointing = bool(use_activation_checkpointing)
@@ -495,6 +245,16 @@ class VisionTransformer(nn.Module):
         return "2.1" if all(flags) else "2.0" if not any(flags) else "custom"
 
     @property
+    def return_hierarchical(self) -> bool:
+        return self._return_hierarchical
+
+    @return_hierarchical.setter
+    def return_hierarchical(self, value) -> None:
+        # Meta's code flips this attribute; here what the model returns is asked for per call
+        raise AttributeError("return_hierarchical is fixed at construction; call "
+                             "model.forward_features(x, 'hierarchical') for the 4 levels concatenated")
+
+    @property
     def norm_eps(self) -> float:
         return (self.norms_block[-1] if self.has_norms_block else self.norm).eps
 
@@ -554,40 +314,71 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 out_layers: Sequence[int] | None = None):
-        """Features of `x` `[B, C, T, H, W]`: `[B, N, D]` (or a list, see `out_layers`).
+        """Meta's call site. Features of `x` `[B, C, T, H, W]`: `[B, N, D]`; with `out_layers` (here
+        or at construction) a list of the normed outputs of those blocks; built with
+        `return_hierarchical=True`, the 4 levels concatenated `[B, N, 4·D]`.
 
         masks: token indices to KEEP, `[B, K]` or a list of them (the original's semantics): the
             kept tokens are gathered after the patch (and position) embedding and keep their grid
             positions in RoPE; a list of M masks gives a batch of M·B, mask by mask.
         """
+        wanted = out_layers if out_layers is not None else self.out_layers
+        if wanted is not None:
+            return self.forward_intermediates(x, wanted, masks=masks)
+        return self.forward_features(x, "hierarchical" if self._return_hierarchical else "last", masks=masks)
+
+    def forward_features(self, x: torch.Tensor, layers: str | Sequence[int] = "last",
+                         masks: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """One tensor `[B, N, k·D]`: the normed outputs of `layers` (see `output_levels`)
+        concatenated on channels in order; "last" is the default output `[B, N, D]`."""
+        outputs = self.forward_intermediates(x, layers, masks=masks)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+    def forward_intermediates(self, x: torch.Tensor, layers: str | Sequence[int] = "hierarchical",
+                              masks: torch.Tensor | Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The normed outputs `[B, N, D]` of `layers` (see `output_levels`), in that order."""
+        cos, sin = self.rope_tables_for(x)
+        return self.forward_levels(x, cos, sin, self.output_levels(layers), masks)
+
+    def output_levels(self, layers: str | Sequence[int]) -> list[tuple[int, nn.Module]]:
+        """(block index, LayerNorm) of each output: "last" the last block through the default
+        norm; "hierarchical" the 4 levels, level j through `norms_block[j]` (2.0: `norm`), shallow
+        → deep; block indices (negative from the end) each through its `level_norm`."""
+        if layers == "last":
+            return [(self.depth - 1, self.level_norm(self.depth - 1))]
+        if layers == "hierarchical":
+            norms = self.norms_block if self.has_norms_block else [self.norm] * NUM_LEVELS
+            return list(zip(self.hierarchical_layers, norms))
+        if isinstance(layers, str):
+            raise ValueError(f"layers must be 'last', 'hierarchical' or block indices, got {layers!r}")
+        return [(i, self.level_norm(i)) for i in self.resolve_layers(layers)]
+
+    def rope_tables_for(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """RoPE cos/sin tables for an input `[B, C, T, H, W]` (None, None without RoPE); checks
+        the input's shape. Built once per grid, device and dtype (`RopeCache`)."""
         if x.ndim != 5:
             raise ValueError(f"expected input [B, C, T, H, W], got shape {tuple(x.shape)}")
         grid = self.patch_grid(*x.shape[2:])
-        cos, sin = self.rope.get(grid, x.device, x.dtype) if self.use_rope else (None, None)
-        if self.uses_image_path(x.shape[2]):
-            x = self.patch_embed_img(x)  # [B, N, D], one temporal token
-            if self.has_modality_embedding:
-                x = x + self.img_mod_embed
-        else:
-            x = self.patch_embed(x)  # [B, N, D]
-            if self.has_modality_embedding:
-                x = x + self.video_mod_embed
-        if not self.use_rope:
-            x = x + self.pos_embed_for(grid).to(x.dtype)
-        if masks is not None:
-            x, cos, sin = self._keep_tokens(x, masks, cos, sin)
+        return self.rope.get(grid, x.device, x.dtype) if self.use_rope else (None, None)
 
-        wanted = out_layers if out_layers is not None else self.out_layers
-        if wanted is None and not self.return_hierarchical:
-            for block in self.blocks:
-                x = self._block(block, x, cos, sin)
-            return self.level_norm(self.depth - 1)(x)
-        if wanted is None:  # return_hierarchical: level j = norms_block[j] (or norm) at its block
-            norms = self.norms_block if self.has_norms_block else [self.norm] * NUM_LEVELS
-            return torch.cat(self._run_to_levels(x, cos, sin, list(zip(self.hierarchical_layers, norms))),
-                             dim=-1)  # [B, N, 4·D], shallow → deep
-        levels = [(i, self.level_norm(i)) for i in self.resolve_layers(wanted)]
-        return self._run_to_levels(x, cos, sin, levels)
+    def forward_levels(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                       levels: list[tuple[int, nn.Module]],
+                       masks: torch.Tensor | Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Embed `x` `[B, C, T, H, W]`, run the blocks with the given RoPE tables (from
+        `rope_tables_for`) up to the deepest of `levels` (from `output_levels`); each level's output."""
+        if self.uses_image_path(x.shape[2]):
+            tokens = self.patch_embed_img(x)  # [B, N, D], one temporal token
+            if self.has_modality_embedding:
+                tokens = tokens + self.img_mod_embed
+        else:
+            tokens = self.patch_embed(x)  # [B, N, D]
+            if self.has_modality_embedding:
+                tokens = tokens + self.video_mod_embed
+        if not self.use_rope:
+            tokens = tokens + self.pos_embed_for(self.patch_grid(*x.shape[2:])).to(tokens.dtype)
+        if masks is not None:
+            tokens, cos, sin = self._keep_tokens(tokens, masks, cos, sin)
+        return self._run_to_levels(tokens, cos, sin, levels)
 
     @staticmethod
     def _keep_tokens(x, masks, cos, sin):
@@ -627,91 +418,17 @@ class VisionTransformer(nn.Module):
         )
 
 
-# ----------------------------------------------------------------------------- factories
-# The options that make a 2.1 encoder, as Meta's hub builds the released ones.
-V2_1_OPTIONS = dict(rope_layout="interleave", interpolate_rope=True, modality_embedding=True,
-                    img_temporal_dim_size=1, norms_block=True)
-
-ARCHITECTURES: dict[str, dict] = {
-    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
-    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),
-    # V-JEPA 2 giant: 22 heads. A 16-head variant loads the same weights but computes wrong features.
-    "vit_giant_xformers": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
-    # The reference factory misspells its mlp-ratio keyword, so the released model uses ratio 4.
-    "vit_gigantic_xformers": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=4.0),
-    # The original's other factories (no released V-JEPA 2 encoder uses them; note 16-head giants).
-    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
-    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
-    "vit_giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
-    "vit_gigantic": dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.0),
-    # Not a released model: a few-MB encoder for tests and offline smoke runs (`random:tiny`).
-    "tiny": dict(embed_dim=192, depth=2, num_heads=3, mlp_ratio=4.0),
-    # V-JEPA 2.1 (all released at 384 px). Gigantic's MLP is 8192 wide here (the 2.0 typo is fixed).
-    "vjepa2_1_vit_base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, **V2_1_OPTIONS),
-    "vjepa2_1_vit_large": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, **V2_1_OPTIONS),
-    "vjepa2_1_vit_giant": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11, **V2_1_OPTIONS),
-    "vjepa2_1_vit_gigantic": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=64 / 13, **V2_1_OPTIONS),
-    "vjepa2_1_tiny": dict(embed_dim=192, depth=4, num_heads=3, mlp_ratio=4.0, **V2_1_OPTIONS),
-}
-# Nominal crop of each family's released checkpoints (2.1 files are all `_384`).
-DEFAULT_IMG_SIZE = {name: 384 if name.startswith("vjepa2_1_") else 256 for name in ARCHITECTURES}
-
-
-def _create_vision_transformer(arch: str, img_size, num_frames: int, overrides: dict) -> VisionTransformer:
-    args = {**ARCHITECTURES[arch], **overrides}
-    return VisionTransformer(img_size=img_size or DEFAULT_IMG_SIZE[arch], num_frames=num_frames, **args)
-
-
-def _factory(arch: str, default_img_size: int) -> Callable[..., VisionTransformer]:
-    """`arch(img_size=…, num_frames=16, **overrides)`: the architecture's arguments, then the
-    caller's (any `VisionTransformer` argument by name, Meta's included; a misspelled one raises)."""
-    def factory(img_size: int | tuple[int, int] = default_img_size, num_frames: int = 16,
-                **overrides) -> VisionTransformer:
-        return _create_vision_transformer(arch, img_size, num_frames, overrides)
-
-    factory.__name__ = factory.__qualname__ = arch
-    factory.__doc__ = f"{arch}: {ARCHITECTURES[arch]}."
-    return factory
-
-
-# 2.0 names (Meta's factory names). Unlike Meta's, these default to use_rope=True, as every
-# released V-JEPA 2 encoder; pass use_rope=False for a pos_embed model. The `_rope` names are
-# the same factories (Meta's `_rope` variants only set use_rope=True).
-vit_tiny = _factory("vit_tiny", 256)
-vit_small = _factory("vit_small", 256)
-vit_base = _factory("vit_base", 256)
-vit_large = _factory("vit_large", 256)
-vit_huge = _factory("vit_huge", 256)
-vit_giant = _factory("vit_giant", 256)
-vit_giant_xformers = _factory("vit_giant_xformers", 256)
-vit_gigantic = _factory("vit_gigantic", 256)
-vit_gigantic_xformers = _factory("vit_gigantic_xformers", 256)
+# ----------------------------------------------------------------------------- Meta's factory names
+FACTORIES: dict[str, Callable[..., VisionTransformer]] = build_factories(VisionTransformer)
+# 2.0 names. Unlike Meta's, these default to use_rope=True, as every released V-JEPA 2 encoder;
+# pass use_rope=False for a pos_embed model. The `_rope` names are the same factories.
+vit_tiny, vit_small, vit_base = FACTORIES["vit_tiny"], FACTORIES["vit_small"], FACTORIES["vit_base"]
+vit_large, vit_huge, vit_giant = FACTORIES["vit_large"], FACTORIES["vit_huge"], FACTORIES["vit_giant"]
+vit_giant_xformers, vit_gigantic = FACTORIES["vit_giant_xformers"], FACTORIES["vit_gigantic"]
+vit_gigantic_xformers = FACTORIES["vit_gigantic_xformers"]
 vit_large_rope, vit_huge_rope, vit_giant_rope = vit_large, vit_huge, vit_giant
 vit_giant_xformers_rope, vit_gigantic_xformers_rope = vit_giant_xformers, vit_gigantic_xformers
-# 2.1 (Meta's hub entry-point names, with and without `_384`)
-vjepa2_1_vit_base = _factory("vjepa2_1_vit_base", 384)
-vjepa2_1_vit_large = _factory("vjepa2_1_vit_large", 384)
-vjepa2_1_vit_giant = _factory("vjepa2_1_vit_giant", 384)
-vjepa2_1_vit_gigantic = _factory("vjepa2_1_vit_gigantic", 384)
-vjepa2_1_tiny = _factory("vjepa2_1_tiny", 384)
-tiny = _factory("tiny", 256)
-
-FACTORIES: dict[str, Callable[..., VisionTransformer]] = {
-    name: globals()[name] for name in ARCHITECTURES
-}
-for _name in list(FACTORIES):
-    if _name.startswith("vit_"):
-        FACTORIES[_name + "_rope"] = FACTORIES[_name]
-    elif _name.startswith("vjepa2_1_vit_"):
-        FACTORIES[_name + "_384"] = FACTORIES[_name]  # the hub entry points' names
-
-
-def count_forward_flops(model: VisionTransformer, frames: int, height: int, width: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass for one clip: matmuls and attention."""
-    n = math.prod(model.patch_grid(frames, height, width))
-    d, hidden = model.embed_dim, int(model.embed_dim * model.mlp_ratio)
-    tubelet = 1 if model.uses_image_path(frames) else model.tubelet_size
-    patch = 2 * n * d * 3 * tubelet * model.patch_size**2
-    per_block = 2 * n * d * (3 * d + d + 2 * hidden) + 2 * 2 * n * n * d
-    return float(patch + model.depth * per_block)
+# 2.1 (Meta's hub entry-point names; the `_384` names are in FACTORIES)
+vjepa2_1_vit_base, vjepa2_1_vit_large = FACTORIES["vjepa2_1_vit_base"], FACTORIES["vjepa2_1_vit_large"]
+vjepa2_1_vit_giant, vjepa2_1_vit_gigantic = FACTORIES["vjepa2_1_vit_giant"], FACTORIES["vjepa2_1_vit_gigantic"]
+vjepa2_1_tiny, tiny = FACTORIES["vjepa2_1_tiny"], FACTORIES["tiny"]

@@ -1,0 +1,92 @@
+"""The transformers layout: local directories (`config.json` + safetensors), hub downloads, and
+the `VJEPA2Config` describing one of our encoders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from src.errors import ModelSpecError
+from src.models.vision_transformer import VisionTransformer
+from src.models.weights.hf_keys import encoder_from_hf
+from src.models.weights.loading import load_pickle_free, load_state_dict_strict
+
+DEFAULT_HUB_MODEL = "facebook/vjepa2-vitg-fpc64-384"
+
+
+def hf_config_dict(encoder: VisionTransformer) -> dict:
+    """transformers `VJEPA2Config` arguments describing our (2.0) encoder."""
+    if encoder.generation != "2.0":
+        raise ValueError(f"transformers has no V-JEPA {encoder.generation} model: only 2.0 encoders convert")
+    return dict(
+        patch_size=encoder.patch_size,
+        tubelet_size=encoder.tubelet_size,
+        crop_size=encoder.img_size,
+        frames_per_clip=encoder.num_frames,
+        hidden_size=encoder.embed_dim,
+        num_hidden_layers=encoder.depth,
+        num_attention_heads=encoder.num_heads,
+        mlp_ratio=encoder.mlp_ratio,
+        layer_norm_eps=encoder.norm_eps,
+        qkv_bias=encoder.blocks[0].attn.qkv.bias is not None if len(encoder.blocks) else True,
+    )
+
+
+def _read_hf_weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        state_dict = {}
+        for f in files:
+            state_dict.update(load_file(f))
+        return state_dict
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    if bins:
+        state_dict = {}
+        for f in bins:
+            state_dict.update(load_pickle_free(f))
+        return state_dict
+    raise ModelSpecError(f"{directory}: no *.safetensors or pytorch_model*.bin weights next to config.json")
+
+
+def load_hf_directory(directory: str | Path, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
+    """Encoder from a transformers-layout directory (VJEPA2Model or a classifier repo)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelSpecError(f"{directory}: no config.json (not a transformers model directory)")
+    config = json.loads(config_path.read_text())
+    patch = config.get("patch_size", 16)
+    model = VisionTransformer(
+        img_size=img_size or config.get("crop_size", 256),
+        num_frames=num_frames,
+        patch_size=patch[0] if isinstance(patch, (list, tuple)) else patch,
+        tubelet_size=config.get("tubelet_size", 2),
+        in_chans=config.get("in_chans", 3),
+        embed_dim=config.get("hidden_size", 1024),
+        depth=config.get("num_hidden_layers", 24),
+        num_heads=config.get("num_attention_heads", 16),
+        mlp_ratio=config.get("mlp_ratio", 4.0),
+        qkv_bias=config.get("qkv_bias", True),
+        norm_eps=config.get("layer_norm_eps", 1e-6),
+    )
+    hf_state = _read_hf_weights(directory)
+    prefix = "vjepa2.encoder." if any(k.startswith("vjepa2.encoder.") for k in hf_state) else "encoder."
+    load_state_dict_strict(model, encoder_from_hf(hf_state, prefix=prefix), str(directory))
+    return model
+
+
+def download_hub_model(repo_id: str) -> Path:
+    """Local snapshot of a hub repo (config + safetensors) via huggingface_hub, or a clear error."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # offline, unknown repo, no cache: all end the same way for the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(
+            f"cannot get '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {reason}). "
+            "Offline, use a local directory with config.json + *.safetensors (e.g. one saved by "
+            "`save_pretrained`), a populated HF cache (HF_HOME / HF_HUB_CACHE), an original .pt "
+            "checkpoint, or `random:vit_large` for a smoke run with random weights."
+        ) from None
