@@ -33,9 +33,13 @@ def sync(device: torch.device) -> None:
 
 
 def time_calls(fns: dict, reps: int, device: torch.device = torch.device("cpu"), warmup: int = 1,
-               clock=time.perf_counter) -> dict[str, list[float]]:
+               clock=time.perf_counter, cuda_inner: int = 20) -> dict[str, list[float]]:
     """Seconds per call of each function; calls interleaved (A B C A B C ...) so that load from
-    other processes on a shared machine hits every variant alike."""
+    other processes on a shared machine hits every variant alike.
+
+    On CUDA each measurement is `cuda_inner` back-to-back calls between two CUDA events, divided
+    by `cuda_inner`: a host sync around every single call would charge small kernels (a GEMM at
+    2048 tokens) their launch latency and read the device's rate low."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -43,10 +47,13 @@ def time_calls(fns: dict, reps: int, device: torch.device = torch.device("cpu"),
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            sync(device)
+            if device.type == "cuda":
+                from bench.gpu import cuda_seconds_per_call
+
+                times[name].append(cuda_seconds_per_call(fn, cuda_inner, warmup=0))
+                continue
             start = clock()
             fn()
-            sync(device)
             times[name].append(clock() - start)
     return times
 

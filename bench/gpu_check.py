@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,8 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine_info  # noqa: E402
 from bench.gpu import cuda_seconds_per_call, gpu_bf16_peak_tflops  # noqa: E402
-from src.models.vision_transformer import FACTORIES, count_forward_flops  # noqa: E402
+from src.models.flops import count_forward_flops  # noqa: E402
+from src.models.vision_transformer import FACTORIES  # noqa: E402
 from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,20 +44,11 @@ GPU_ENCODERS = [("vit_large_256", "vit_large", 256, 16, None), ("vit_giant_384",
 DRY_ENCODERS = [("tiny_32", "tiny", 32, 4, None)]
 
 
-def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "cpu_flags": sorted({f for f in ("avx2", "avx512f", "amx_tile") if f in _cpu_flags()})}
-    if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda=torch.version.cuda,
-                    bf16_peak_tflops=gpu_bf16_peak_tflops(torch.cuda.get_device_name(0)))
+def machine(device: torch.device) -> dict:
+    info = machine_info(device)
+    if device.type == "cuda":
+        info.update(gpus=torch.cuda.device_count(), bf16_peak_tflops=gpu_bf16_peak_tflops(torch.cuda.get_device_name(0)))
     return info
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
 
 
 def _seconds_per_call(fn, device: torch.device, iters: int) -> float:
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     model = "random:tiny" if dry else "random:vit_large"
     dev = ["--device", "cpu" if dry else "cuda"]
     py = sys.executable
-    report = {"dry_run": dry, "machine": machine(), "steps": {}}
+    report = {"dry_run": dry, "machine": machine(device), "steps": {}}
     env = {"HF_HUB_OFFLINE": "1"}
 
     def record(name: str, fn) -> None:

@@ -7,6 +7,7 @@ centre-crop features on a 16:9 clip, peak memory.
     python bench/run.py                    # fuller (~10 min): deeper models, more runs, more configurations
     python bench/run.py --only v21         # V-JEPA 2.1 vs 2.0, 2.1's image path vs 16-frame images
     python bench/run.py --only compile     # --compile vs eager: first-call cost, per-window gain
+    python bench/run.py --only peers       # ours vs transformers, ONNX Runtime, OpenVINO (exact export)
     python bench/run.py --device cuda      # bf16 and fp16 encoder runs on the GPU, and the
                                            # model FLOPs utilisation of a full ViT-g/384 (bf16)
 
@@ -35,13 +36,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import load_average, machine_info, machine_line, write_results  # noqa: E402
 from bench.sections import (  # noqa: E402
-    CLIP, Settings, encoder, images, matmul, memory, mfu, pipeline, spatial, torch_compile, v21,
+    CLIP, Settings, encoder, images, matmul, memory, mfu, peers, pipeline, spatial, torch_compile, v21,
 )
 
 # name → section module, in the order of results.md (sections with RUN_FIRST run before the rest)
 SECTIONS = {"matmul": matmul, "encoder": encoder, "mfu": mfu, "compile": torch_compile, "pipeline": pipeline,
-            "images": images, "spatial": spatial, "v21": v21, "memory": memory}
-DEFAULT_ORDER = ["memory", "matmul", "encoder", "compile", "pipeline", "images", "spatial", "v21", "mfu"]
+            "images": images, "spatial": spatial, "v21": v21, "memory": memory, "peers": peers}
+DEFAULT_ORDER = ["memory", "matmul", "encoder", "peers", "compile", "pipeline", "images", "spatial", "v21", "mfu"]
 log = logging.getLogger("bench")
 
 

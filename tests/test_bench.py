@@ -32,10 +32,14 @@ def bench_run():
     ("NVIDIA H200", 989.4),
     ("NVIDIA A100-SXM4-80GB", 312.0),
     ("NVIDIA A100 80GB PCIe", 312.0),
-    ("NVIDIA L40S", 362.1),
+    ("NVIDIA L40S", 362.05),
+    ("NVIDIA H200 NVL", 835.5),  # the PCIe card, not the SXM part
+    ("NVIDIA GH200 480GB", 989.4),
+    ("NVIDIA B200", 2250.0),
     ("NVIDIA L4", 121.0),
     ("NVIDIA A10", 125.0),
-    ("NVIDIA L40", None),  # not L4, not L40S: unknown, so the MFU asks for --peak_tflops
+    ("NVIDIA L40", 181.05),  # not L4, not L40S
+    ("Tesla T4", None),  # unknown: the MFU asks for --peak_tflops
     ("NVIDIA GeForce RTX 4090", None),
 ])
 def test_gpu_peak_table(name, peak):

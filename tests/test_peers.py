@@ -1,10 +1,10 @@
-"""bench/peers.py: every peer runtime is checked for exactness against our encoder before it is
+"""bench/sections/peers.py (`bench/run.py --only peers`): every peer runtime is checked for exactness against our encoder before it is
 raced, and the race reports a speed ratio for each contestant."""
 from __future__ import annotations
 
 import pytest
 
-from bench import peers
+from bench.sections import peers
 
 
 def test_race_checks_every_peer_for_exactness_first():
@@ -19,4 +19,6 @@ def test_race_checks_every_peer_for_exactness_first():
         assert entry["max_abs_diff"] <= peers.TOLERANCE, (name, entry)  # an exact export, not a lookalike
         assert entry["wall_median_s"] > 0 and entry["ours_speedup"] > 0
     assert 0 < result["ours_share_of_matmul_rate"]
-    assert result["cpu_flags"] and "|" in peers.markdown(result)
+    assert result["cpu_flags"] and any("| onnxruntime |" in line or "not installed" in line
+                                       for line in peers.markdown(result))
+    assert {row["target"].split(" ≥")[0] for row in peers.targets(result, {})} == {"our encoder"}

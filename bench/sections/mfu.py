@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 
 import torch
 
@@ -12,29 +11,11 @@ from bench.common import WINDOW, summary, time_calls
 from bench.sections import Settings
 from bench.sections.matmul import bench_matmul
 from src.models import vision_transformer as vt
+from bench.gpu import GPU_BF16_PEAK_TFLOPS, gpu_bf16_peak_tflops  # noqa: F401  (the one peak table)
 from src.models.flops import count_forward_flops
 
 log = logging.getLogger("bench")
 DEFAULT_ON_CPU = False  # in the default set of sections only on CUDA
-
-# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets; matched against
-# torch.cuda.get_device_name() in this order (first match wins). --peak_tflops overrides.
-GPU_BF16_PEAK_TFLOPS = [
-    (r"\bH200\b", 989.4),
-    (r"\bH100\b.*\bNVL\b", 835.0),
-    (r"\bH100\b.*\bPCIe\b", 756.0),
-    (r"\bH100\b", 989.4),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
-    (r"\bA100\b", 312.0),
-    (r"\bL40S\b", 362.1),
-    (r"\bL4\b", 121.0),
-    (r"\bA10\b", 125.0),
-]
-
-
-def gpu_bf16_peak_tflops(name: str) -> float | None:
-    """The datasheet bf16 dense peak of a GPU by its CUDA device name; None if not in the table."""
-    return next((peak for pattern, peak in GPU_BF16_PEAK_TFLOPS if re.search(pattern, name)), None)
-
 
 def bench_mfu(arch: str, img: int, depth: int | None, dtype: torch.dtype, device: torch.device,
               batch_sizes: list[int], reps: int, peak_tflops: float | None, matmul_reps: int = 5) -> dict:

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Our CPU encoder against what a CPU user would pick instead, in one process, interleaved.
 
-    python bench/peers.py [--quick] [--threads 2] [--depth 4]
+    python bench/run.py --only peers [--quick] [--depth 4] [--peer_threads 2]
 
 Contestants, on the same random weights, the same clip and the same thread count:
   ours          the encoder as the scripts run it (`ClipEncoder.encode`, fp32 compute)
@@ -19,9 +18,7 @@ too. Missing optional packages (onnxruntime, openvino) are reported as such.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,22 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from src.inference import ClipEncoder  # noqa: E402
-from src.models.vision_transformer import count_forward_flops  # noqa: E402
-from src.models.weights import encoder_to_hf, hf_config_dict  # noqa: E402
+from bench.common import cpu_flags
+from bench.sections import Settings
+from src.inference import ClipEncoder
+from src.models.flops import count_forward_flops
+from src.models.weights import encoder_to_hf, hf_config_dict
 
 TOLERANCE = 1e-4
-
-
-def cpu_flags() -> list[str]:
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(words & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
 
 
 def cpu_model() -> str:
@@ -194,8 +182,9 @@ def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str =
     return result
 
 
-def markdown(result: dict) -> str:
-    lines = [f"CPU: {result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, torch "
+def markdown(result: dict) -> list[str]:
+    lines = ["", f"## Our encoder against the peers a CPU user would pick ({result['threads']} threads)", "",
+             f"CPU: {result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, torch "
              f"{result['torch']}; {result['model']}", "",
              "| contestant | max abs Δ vs ours | wall median (s) | CPU time (s) | GFLOP/s | ours is … × faster |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -206,25 +195,29 @@ def markdown(result: dict) -> str:
         else:
             lines.append(f"| {name} | {e.get('max_abs_diff', float('nan')):.1e} | {e['skipped']} | | | |")
     lines.append("")
-    lines.append(f"ours at {100 * result['ours_share_of_matmul_rate']:.0f} % of the matmul rate at its shapes"
+    lines.append(f"Ours at {100 * result['ours_share_of_matmul_rate']:.0f} % of the matmul rate at its shapes"
                  + (f"; {result['ours_vs_fastest_peer']:.2f}× the fastest peer ({result['fastest_peer']})"
                     if "fastest_peer" in result else ""))
-    return "\n".join(lines)
+    return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "peers.json")
-    args = parser.parse_args(argv)
-    result = race(args.quick, args.threads, args.depth, reps=args.reps)
-    args.output.write_text(json.dumps(result, indent=2))
-    print(markdown(result))
-    return 0
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("peers")
+    group.add_argument("--peer_threads", type=int, default=None,
+                       help="threads for every contestant (default: torch's current count)")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(settings: Settings, results: dict) -> dict:
+    threads = settings.args.peer_threads or torch.get_num_threads()
+    return race(settings.quick, threads, settings.depth, reps=settings.reps)
+
+
+def targets(result: dict, machine: dict) -> list[dict]:
+    rows = [{"target": "our encoder ≥ 85 % of the matmul rate at its shapes (wall, interleaved)",
+             "value": f"{100 * result['ours_share_of_matmul_rate']:.0f} %",
+             "met": result["ours_share_of_matmul_rate"] >= 0.85}]
+    if "fastest_peer" in result:
+        rows.append({"target": "our encoder ≥ 1.0× the fastest of transformers, ONNX Runtime, OpenVINO",
+                     "value": f"{result['ours_vs_fastest_peer']:.2f}× ({result['fastest_peer']})",
+                     "met": result["ours_vs_fastest_peer"] >= 1.0})
+    return rows
