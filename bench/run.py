@@ -8,6 +8,7 @@ centre-crop features on a 16:9 clip, peak memory.
     python bench/run.py --only v21         # V-JEPA 2.1 vs 2.0, 2.1's image path vs 16-frame images
     python bench/run.py --only compile     # --compile vs eager: first-call cost, per-window gain
     python bench/run.py --only peers       # ours vs transformers, ONNX Runtime, OpenVINO (exact export)
+    python bench/run.py --only pages       # the explorer page's library, in headless Chromium (opt-in)
     python bench/run.py --device cuda      # bf16 and fp16 encoder runs on the GPU, and the
                                            # model FLOPs utilisation of a full ViT-g/384 (bf16)
 
@@ -36,13 +37,14 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import load_average, machine_info, machine_line, write_results  # noqa: E402
 from bench.sections import (  # noqa: E402
-    CLIP, Settings, encoder, images, matmul, memory, mfu, peers, pipeline, spatial, torch_compile, v21,
+    CLIP, Settings, encoder, images, matmul, memory, mfu, pages, peers, pipeline, spatial, torch_compile, v21,
 )
 
 # name → section module, in the order of results.md (sections with RUN_FIRST run before the rest)
 SECTIONS = {"matmul": matmul, "encoder": encoder, "mfu": mfu, "compile": torch_compile, "pipeline": pipeline,
-            "images": images, "spatial": spatial, "v21": v21, "memory": memory, "peers": peers}
-DEFAULT_ORDER = ["memory", "matmul", "encoder", "peers", "compile", "pipeline", "images", "spatial", "v21", "mfu"]
+            "images": images, "spatial": spatial, "v21": v21, "memory": memory, "peers": peers, "pages": pages}
+DEFAULT_ORDER = ["memory", "matmul", "encoder", "peers", "compile", "pipeline", "images", "spatial", "v21", "mfu",
+                 "pages"]
 log = logging.getLogger("bench")
 
 
@@ -118,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
-    sections = args.only or [name for name in DEFAULT_ORDER
-                             if getattr(SECTIONS[name], "DEFAULT_ON_CPU", True) or device.type == "cuda"]
+    sections = args.only or [name for name in DEFAULT_ORDER if not getattr(SECTIONS[name], "OPT_IN", False)
+                             and (getattr(SECTIONS[name], "DEFAULT_ON_CPU", True) or device.type == "cuda")]
     depth, reps = args.depth or (2 if args.quick else 4), args.reps or (3 if args.quick else 4)
     r = {"quick": args.quick, "machine": machine_info(device), "load_before": load_average(),
          "settings": {"depth": depth, "reps": reps, "clip": CLIP, "sections": sections}}
