@@ -25,7 +25,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src import cli, embeddings_table, sharding
+from src import cli, embeddings_table
+from src.extract.windows_run import WindowRun, WindowRunOptions
+from src.options import EncoderOptions
 from src.features import outputs_written
 from src.jit_cache import prefetch_umap
 from src.frames import DEFAULT_FRAME_PATTERN
@@ -35,7 +37,6 @@ from src.visualize import (
     FrameSource, digest, finished_outputs, fit_projections, frame_label, iter_feature_items, projection_keys,
     record_outputs, token_grids, write_token_pictures,
 )
-from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
 
 logger = logging.getLogger("vjepa2_pipeline")
 
@@ -204,7 +205,7 @@ def warn_leftovers(out: Path, pictures: list[Path]) -> None:
                            "delete them if unwanted", out / kind, len(stale), stale[0].name)
 
 
-def extract(extractor: SequentialVJEPA2Extractor, args, out: Path) -> dict:
+def extract(extractor: WindowRun, args, out: Path) -> dict:
     if args.frame_dir:
         return extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     try:  # the extractor opens the video before it loads the model
@@ -230,16 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if "umap" in todo["methods"] and (args.overwrite or not (out / "projection" / "pictures.json").is_file()):
         prefetch_umap()  # its few seconds of importing overlap extraction instead of delaying the pictures
     start = time.perf_counter()
-    extractor = SequentialVJEPA2Extractor(
-        model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
-        window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
-        frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
-        compile=args.compile, overwrite=args.overwrite, layers=args.layers, num_heads=args.num_heads,
-        spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
-        store=args.store,
-        pooling=embeddings_table.pooling_from_args(args), table_dir=args.table_dir or out / "embeddings",
-        part_rows=args.part_rows,
-    )
+    extractor = WindowRun(EncoderOptions.from_args(args), WindowRunOptions.from_args(args, output_dir=out))
     with embeddings_table.closing(extractor):  # the table's last rows are written however extraction ends
         summary = extract(extractor, args, out)
     timings["extraction_s"] = time.perf_counter() - start

@@ -1,0 +1,10 @@
+"""Extraction runs: inputs → clips → encoder → feature files, table rows and the manifest.
+
+- `images`: image folders → chunk files (`vjepa2_extractor.py`).
+- `windows_run` + `window_sources`: frame folders and videos → one file per window
+  (`vjepa2_sequential_extractor.py`, the pipeline).
+- `layout`: every output name and path; `signature`: what must match to resume;
+  `writer`: a record → feature file + table rows + manifest line; `pooling`: tokens → vectors.
+
+Kept free of imports so that `src.extract.pooling` can be used by the table without loading the runs.
+"""
