@@ -10,6 +10,7 @@ output tree never encode the same window twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import ExitStack
@@ -75,6 +76,14 @@ class WindowRunOptions:
                    table_dir=Path(table_dir), part_rows=args.part_rows)
 
 
+def _setting(name: str) -> property:
+    """A `WindowRunOptions` field as an attribute of the run (set: a run with that field changed)."""
+    def set_value(self, value) -> None:
+        self.settings = dataclasses.replace(self.settings, **{name: value})
+
+    return property(lambda self: getattr(self.settings, name), set_value)
+
+
 @dataclass
 class _Pass:
     """One input's pass: where its windows go and what this shard does with them."""
@@ -108,13 +117,13 @@ class WindowRun:
         self._table: TableWriter | None = None
         self._held = ExitStack()  # claims of windows whose rows are buffered, not yet in a part file
 
-    # the settings callers read (the seed's attribute names)
+    # the settings under the seed's attribute names
     model_name = property(lambda self: self.options.model)
     window = property(lambda self: self.settings.plan.window)
     stride = property(lambda self: self.settings.plan.stride or self.settings.plan.window)
-    store = property(lambda self: self.settings.store)
-    pooling = property(lambda self: self.settings.pooling)
-    overwrite = property(lambda self: self.settings.overwrite)
+    store = _setting("store")
+    pooling = _setting("pooling")
+    overwrite = _setting("overwrite")
 
     @property
     def table_dir(self) -> Path | None:
