@@ -32,41 +32,11 @@ from src.extract.images import (  # noqa: F401  (re-exported: the seed's and the
 )
 from src.extract.layout import CHUNK_GLOB, chunk_name  # noqa: F401
 from src.extract.pooling import AGGREGATION_METHODS, aggregate_features  # noqa: F401
-from src.options import EncoderOptions, dtype_name
-from src.spatial import DEFAULT_MAX_TOKENS
+from src.extract.seed import VJEPA2Extractor  # noqa: F401
+from src.options import EncoderOptions
 from src.windows import default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
-
-
-class VJEPA2Extractor(ImageExtractor):
-    """Image → V-JEPA 2 features: one frame through a 2.1 model's image path, or the image
-    repeated to ``image_frames`` frames through the video path.
-
-    Args:
-        model_name: model spec (hub id, transformers directory, original .pt, ``random:<arch>``).
-        device: "auto", "cpu", "cuda" (the local rank's GPU) or "cuda:N".
-        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
-        image_frames: frames per image: 1 (2.1's image path; the default for 2.1 models) or
-            even ≥ 2, the image repeated along time (16 → 8 temporal tokens, 2 → 1; the
-            default for 2.0 models is 16). None: the model's default.
-        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto" (a
-            ``dtype`` other than "fp16" with ``use_fp16=True`` is a ValueError).
-        img_size, checkpoint_key, compile, layers, num_heads, spatial, short_side, max_tokens:
-            see `src.options.EncoderOptions`.
-    """
-
-    def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
-                 use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
-                 img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
-                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
-        check_image_frames(image_frames)
-        options = EncoderOptions(model=model_name, device=sharding.local_device(device),
-                                 dtype=dtype_name(dtype, use_fp16), img_size=img_size, checkpoint_key=checkpoint_key,
-                                 compile=compile, layers=layers, num_heads=num_heads, spatial=spatial,
-                                 short_side=short_side, max_tokens=max_tokens)
-        super().__init__(options, image_frames)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

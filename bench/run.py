@@ -317,7 +317,7 @@ def bench_pipeline(model: str, device: str, windows: int, batch_size: int, reps:
     """Windows/s of: encode() of ready clips, the naive loop, and the extractor with each
     (DataLoader workers, torch threads in the main process) configuration."""
     from src.windows import default_num_workers
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
 
     frames = make_frames(tmp / "frames", windows * WINDOW)
     encoder = ClipEncoder(model, device=device)
@@ -371,7 +371,7 @@ def bench_pipeline(model: str, device: str, windows: int, batch_size: int, reps:
 
 
 def bench_images(model: str, device: str, count: int, batch_size: int, reps: int, tmp: Path) -> dict:
-    from vjepa2_extractor import VJEPA2Extractor
+    from src.extract.seed import VJEPA2Extractor
 
     images = make_frames(tmp / "images", count)
     extractors = {f: VJEPA2Extractor(model_name=model, device=device, image_frames=f) for f in (2, 16)}
@@ -394,7 +394,7 @@ def bench_spatial(model: str, device: str, windows: int, reps: int, tmp: Path, i
     (640×360) with `--spatial center` and `full`; tokens per window, frame area covered, tokens/s."""
     from src.features import load_features
     from src.spatial import SPATIAL_MODES
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
 
     make_frames(tmp / "frames_16x9", windows * WINDOW)
     extractors = {m: SequentialVJEPA2Extractor(model, device=device, img_size=img_size, spatial=m, overwrite=True)
@@ -430,7 +430,7 @@ def bench_v21(depth: int, device: str, reps: int, image_count: int, tmp: Path) -
     """V-JEPA 2.1 vs 2.0 at ViT-L width and the same depth (one 16-frame 256 px clip: what 2.1's
     modality embedding, interleaved and interpolated RoPE and level norm cost), and 2.1's
     1-frame image path vs images repeated to 16 (and 2) frames, in images/s."""
-    from vjepa2_extractor import VJEPA2Extractor
+    from src.extract.seed import VJEPA2Extractor
 
     encoders = {gen: ClipEncoder(f"random:{arch},depth={depth}", device=device, img_size=CLIP[1])
                 for gen, arch in (("2.0", "vit_large"), ("2.1", "vjepa2_1_vit_large"))}
@@ -465,7 +465,7 @@ _MEMORY_CHILD = textwrap.dedent("""
     import json, logging, resource, sys
     sys.path.insert(0, {repo!r})
     logging.disable(logging.WARNING)
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
     ex = SequentialVJEPA2Extractor({model!r}, device="cpu", img_size={img}, batch_size=1, overwrite=True)
     summary = ex.process_frame_directory({frames!r}, {out!r}, last_frame={last})
     assert summary["ok"] == {windows}, summary
