@@ -5,6 +5,8 @@
   (`vjepa2_sequential_extractor.py`, the pipeline).
 - `layout`: every output name and path; `signature`: what must match to resume;
   `writer`: a record → feature file + table rows + manifest line; `pooling`: tokens → vectors.
+- `seed`: the seed's classes `VJEPA2Extractor` and `SequentialVJEPA2Extractor` (their documented
+  keywords → `src.options.EncoderOptions` + the run's options); the scripts re-export them.
 
 Kept free of imports so that `src.extract.pooling` can be used by the table without loading the runs.
 """

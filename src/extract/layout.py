@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.jsonl"
 TABLE_DIR_NAME = "embeddings"
 CHUNK_GLOB = "features_shard*of*_chunk*.pt"
+WINDOW_GLOBS = ("window_*.pt", "window_*.safetensors")
+FEATURE_GLOBS = (*WINDOW_GLOBS, CHUNK_GLOB)  # every feature file an extraction writes
 _CHUNK_FILE = re.compile(r"features_shard(\d{3})of(\d{3})_chunk(\d{5})\.pt")
 
 
