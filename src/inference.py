@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from src.device import resolve_device, resolve_dtype
+from src.errors import ConfigError
 from src.models.weights import load_encoder, model_info
 from src.options import EncoderOptions
 from src.spatial import SpatialPlan
@@ -20,6 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 LAYER_CHOICES = ("last", "hierarchical")
+
+
+class FeatureOverflowError(ConfigError):
+    """Features came out inf/NaN (fp16 compute overflows at 65504 inside a deep ViT): the run stops
+    before anything of that batch is stored (exit 2: rerun with --dtype bf16 or fp32)."""
 
 
 def parse_layers(text: str) -> str | list[int]:
@@ -159,6 +165,19 @@ class ClipEncoder:
             logger.warning("features contain inf/NaN with %s compute (overflow): use --dtype bf16 or fp32",
                            str(self.dtype).removeprefix("torch."))
         return feats.cpu()
+
+    def check_finite(self, features: torch.Tensor, names: list[str]) -> None:
+        """Refuse to let inf/NaN features be stored: raises FeatureOverflowError naming the first
+        item of `names` (one per row of `features` [B, N, D]) whose features are not finite."""
+        finite = torch.isfinite(features).flatten(1).all(1)  # [B]
+        if bool(finite.all()):
+            return
+        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
+        more = f" (and {len(bad) - 1} more in its batch)" if len(bad) > 1 else ""
+        dtype = str(self.dtype).removeprefix("torch.")
+        hint = "rerun with --dtype bf16 or fp32" if self.dtype == torch.float16 else "check the model and the input"
+        raise FeatureOverflowError(f"{bad[0]}: features contain inf/NaN with {dtype} compute{more}; nothing of this "
+                                   f"batch was stored: {hint}")
 
     def describe(self, num_frames: int, image_hw: tuple[int, int] | None = None) -> dict:
         """`model_info` for feature files: the seed's keys plus the loaded model's architecture.

@@ -369,6 +369,7 @@ class ImageRun:
                 self.summary.failed += 1
             if batch["frames"] is not None:
                 out = encode_frames(self.encoder, batch["frames"], self.image_frames)
+                self.encoder.check_finite(out, [group[i] for i in batch["index"]])  # inf/NaN: stop, store nothing
                 for j, (i, hw) in enumerate(zip(batch["index"], batch["sizes"])):
                     record = self.record(group[i], out[j], hw)
                     self.writer.add_rows(out[j], record["metadata"]["model_info"], record["metadata"], path,

@@ -34,6 +34,14 @@ class WindowPlan:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    def count(self, available: int, stride: int | None = None) -> int:
+        """How many windows `windows` makes of `available` frames (0 for fewer than one window)."""
+        if available < self.window:
+            return 0
+        stride = stride or self.stride or self.window
+        full = (available - self.window) // stride + 1
+        return full + int(self.tail == "pad" and full * stride < available)
+
     def windows(self, available: int, what: str, stride: int | None = None) -> list[Window]:
         if available < self.window:
             raise ConfigError(f"{what}, fewer than one window of {self.window} "
@@ -150,6 +158,22 @@ def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEn
 
     sizes = [frame_hw] * len(windows) if enc.spatial.mode == "full" else None
     return WindowSource(str(video_path), windows, dataset, metadata, sizes)
+
+
+def window_count(kind: str, path: Path, plan: WindowPlan, *, frame_pattern: str, first_frame: int | None = None,
+                 last_frame: int | None = None, frame_step: int = 1) -> int:
+    """The windows an input will have, from its file names or the video's header (no decoding), to
+    share inputs out among shards; 0 for an input that cannot be read (it fails where it lands)."""
+    try:
+        if kind == "frames":
+            available = len(find_frames(Path(path), frame_pattern, first_frame, last_frame))
+        else:
+            with VideoReader(path) as reader:
+                stop = reader.num_frames if last_frame is None else min(last_frame + 1, reader.num_frames)
+                available = len(range(first_frame or 0, stop, max(frame_step, 1)))
+    except Exception:  # noqa: BLE001 - the input's own run reports why
+        return 0
+    return plan.count(available)
 
 
 def expand_videos(entries: list[str]) -> list[Path]:

@@ -31,7 +31,7 @@ from src.extract.window_sources import WindowPlan, WindowSource
 from src.extract.writer import RecordWriter
 from src.features import FEATURE_FORMATS, Manifest, claim_output, is_complete, load_complete
 from src.frames import DEFAULT_FRAME_PATTERN
-from src.inference import ClipEncoder
+from src.inference import ClipEncoder, FeatureOverflowError
 from src.models.weights import resolve_spec_kind
 from src.options import EncoderOptions
 from src.windows import batches_by_key, collate_windows, default_num_workers, worker_init
@@ -158,29 +158,34 @@ class WindowRun:
     # ------------------------------------------------------------------ inputs
     def process_frame_directory(self, frame_dir, output_dir, first_frame: int | None = None,
                                 last_frame: int | None = None, stride: int | None = None,
-                                batch_size: int | None = None) -> dict:
-        """Windows over the numbered frames of `frame_dir` → `output_dir/window_NNNNN.<fmt>`."""
+                                batch_size: int | None = None, whole_input: bool = False) -> dict:
+        """Windows over the numbered frames of `frame_dir` → `output_dir/window_NNNNN.<fmt>`. With
+        `whole_input` this process takes every window (the inputs, not the windows, are sharded)."""
         source = window_sources.frame_folder(
             frame_dir, self.settings.plan, lambda: self.encoder, frame_pattern=self.settings.frame_pattern,
             allow_gaps=self.settings.allow_gaps, first_frame=first_frame, last_frame=last_frame, stride=stride)
-        return self.run(source, Path(output_dir), batch_size)
+        return self.run(source, Path(output_dir), batch_size, whole_input)
 
     def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
                       batch_size: int | None = None, backend: str = "auto", first_frame: int | None = None,
-                      last_frame: int | None = None) -> dict:
+                      last_frame: int | None = None, whole_input: bool = False) -> dict:
         """Windows over every `frame_step`-th frame of a video (frame indices from 0, optionally only
-        `first_frame`..`last_frame`, inclusive) → `output_dir/window_NNNNN.<fmt>`."""
+        `first_frame`..`last_frame`, inclusive) → `output_dir/window_NNNNN.<fmt>`; `whole_input`: as
+        for `process_frame_directory`."""
         source = window_sources.video(video_path, self.settings.plan, lambda: self.encoder, frame_step=frame_step,
                                       backend=backend, first_frame=first_frame, last_frame=last_frame, stride=stride)
-        return self.run(source, Path(output_dir), batch_size)
+        return self.run(source, Path(output_dir), batch_size, whole_input)
 
     # ------------------------------------------------------------------ one input
-    def run(self, source: WindowSource, output_dir: Path, batch_size: int | None = None) -> dict:
-        """Every window of `source` of this shard: finished ones kept, missing rows pooled, the rest encoded."""
+    def run(self, source: WindowSource, output_dir: Path, batch_size: int | None = None,
+            whole_input: bool = False) -> dict:
+        """Every window of `source` of this shard (all of them with `whole_input`: the run's inputs
+        are sharded, not their windows): finished ones kept, missing rows pooled, the rest encoded."""
         self._check_tokens(source)
         output_dir.mkdir(parents=True, exist_ok=True)
         files = layout.WindowLayout(output_dir, self.settings.fmt)
-        mine = sharding.select_shard([w.index for w in source.windows], *self.settings.shard)
+        indices = [w.index for w in source.windows]
+        mine = indices if whole_input else sharding.select_shard(indices, *self.settings.shard)
         table = self.table(output_dir)
         if table is not None:
             table.expect(table_config(self.encoder, self.window, self.pooling.name))
@@ -189,7 +194,7 @@ class WindowRun:
                    "outputs": [files.window(i) for i in mine]}
         finished, to_pool, pending = self.sort_windows(source, files, table, mine, items)
         writer = RecordWriter(Manifest(files.manifest), table, self.pooling, self.store, self.overwrite,
-                              self.settings.shard)
+                              self.settings.shard, sharded_by="input" if whole_input else "windows")
         run = _Pass(source, files, writer, mine, items, summary)
         for i in finished:
             writer.log(run.name(i), writer.output_name(files.window(i)), "skipped", "already complete")
@@ -295,6 +300,8 @@ class WindowRun:
             # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
             clips = batch["clips"] if len(keep) == len(batch["windows"]) else batch["clips"][keep]
             feats = self.encoder.encode(clips) if keep else []  # [B, N, D] fp16
+            if keep:  # inf/NaN (an fp16 overflow) stops the run before anything of the batch is stored
+                self.encoder.check_finite(feats, [run.name(batch["windows"][j]) for j in keep])
             for j, f in zip(keep, feats):
                 k, image_hw = batch["windows"][j], batch["image_hw"][j]
                 record = self.window_record(run.source, k, f, image_hw)
@@ -356,36 +363,68 @@ def check_inputs(frame_dirs: list[str], video_entries: list[str]) -> list[tuple[
     return inputs
 
 
+def input_owners(run: WindowRun, inputs: list[tuple[str, Path]], *, first_frame: int | None = None,
+                 last_frame: int | None = None, frame_step: int = 1) -> tuple[list[int], list[bool]]:
+    """(the shard that owns each input, whether that shard takes the input whole).
+
+    With at least as many inputs as shards each readable input goes whole to one shard, balanced
+    by window counts (every shard computes the same split from file names and video headers).
+    Otherwise, and for inputs that show no window (unreadable, too short), every shard takes its
+    share of the input's windows, and the input's position names the one shard that records it if
+    it fails.
+    """
+    index, count = run.settings.shard
+    owners, whole = [position % count for position in range(len(inputs))], [False] * len(inputs)
+    if count == 1 or len(inputs) < count:
+        return owners, whole
+    counts = [window_sources.window_count(kind, path, run.settings.plan, frame_pattern=run.settings.frame_pattern,
+                                          first_frame=first_frame, last_frame=last_frame, frame_step=frame_step)
+              for kind, path in inputs]
+    readable = [i for i, c in enumerate(counts) if c > 0]
+    for i, owner in zip(readable, sharding.balance_by_weight([counts[i] for i in readable], count)):
+        owners[i], whole[i] = owner, True
+    mine = [i for i in readable if owners[i] == index]
+    logger.info("sharding by input: shard %d/%d takes %d of %d inputs whole (%d of %d windows)", index, count,
+                len(mine), len(inputs), sum(counts[i] for i in mine), sum(counts))
+    return owners, whole
+
+
 def run_inputs(run: WindowRun, inputs: list[tuple[str, Path]], output_root: Path, *, first_frame: int | None = None,
                last_frame: int | None = None, frame_step: int = 1) -> tuple[dict, int]:
-    """Each input in turn, into its folder (`layout.input_output_dirs`); returns the window totals and
-    the number of inputs that failed. One bad input is recorded and the run goes on; a full disk, a
-    write error, no model or a table of another run stops it (finished outputs stay intact)."""
+    """Each input of this shard in turn (`input_owners`), into its folder (`layout.input_output_dirs`);
+    returns the window totals and the number of inputs that failed. One bad input is recorded and the
+    run goes on; a full disk, a write error, no model, a table of another run or inf/NaN features stop
+    it (finished outputs stay intact)."""
     totals, failed_inputs = {"ok": 0, "skipped": 0, "failed": 0}, 0
     shard = run.settings.shard
+    owners, whole_inputs = input_owners(run, inputs, first_frame=first_frame, last_frame=last_frame,
+                                        frame_step=frame_step)
     for position, ((kind, path), out) in enumerate(zip(inputs, layout.input_output_dirs(output_root, inputs))):
+        whole = whole_inputs[position]
+        if whole and owners[position] != shard[0]:
+            continue  # another shard's input
         try:
             if kind == "frames":
-                summary = run.process_frame_directory(path, out, first_frame, last_frame)
+                summary = run.process_frame_directory(path, out, first_frame, last_frame, whole_input=whole)
             else:
                 summary = run.process_video(path, out, frame_step=frame_step, first_frame=first_frame,
-                                            last_frame=last_frame)
-        except (OutputWriteError, ModelLoadError, TableConfigError):
+                                            last_frame=last_frame, whole_input=whole)
+        except (OutputWriteError, ModelLoadError, TableConfigError, FeatureOverflowError):
             raise
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
             if len(inputs) == 1 and isinstance(exc, ConfigError):
                 raise
             message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
             # Every shard meets a broken input the same way (it fails before its windows are
-            # split): one shard, by the input's position, records and counts it for all.
-            owner = position % shard[1]
-            if owner != shard[0]:
-                logger.info("%s (recorded by shard %d/%d)", message, owner, shard[1])
+            # split): one shard, its owner, records and counts it for all.
+            if owners[position] != shard[0]:
+                logger.info("%s (recorded by shard %d/%d)", message, owners[position], shard[1])
                 continue
             logger.error("%s", message)
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(layout.manifest_path(out)) as manifest:
-                manifest.record(str(path), None, "failed", str(exc), extra={"shard": f"{shard[0]}/{shard[1]}"})
+                manifest.record(str(path), None, "failed", str(exc),
+                                extra={"shard": f"{shard[0]}/{shard[1]}", "sharded_by": "input" if whole else "windows"})
             failed_inputs += 1
             continue
         for key in totals:

@@ -27,10 +27,13 @@ class RecordWriter:
         store: "tokens", "pooled" or "both".
         overwrite: rewrite rows the table already holds.
         shard: (index, count) of this process, on every manifest line.
+        sharded_by: "windows" (each shard takes its share of every input's windows) or "input" (whole
+            inputs per shard), on every manifest line.
     """
 
     def __init__(self, manifest: Manifest, table: TableWriter | None, pooling: Pooling | None = None,
-                 store: str = "tokens", overwrite: bool = False, shard: tuple[int, int] = (0, 1)):
+                 store: str = "tokens", overwrite: bool = False, shard: tuple[int, int] = (0, 1),
+                 sharded_by: str | None = None):
         if store not in embeddings_table.STORE_CHOICES:
             raise ConfigError(f"--store must be one of {embeddings_table.STORE_CHOICES}, got {store!r}")
         if (table is None) != (store == "tokens"):
@@ -38,6 +41,8 @@ class RecordWriter:
         self.manifest, self.table, self.pooling = manifest, table, pooling or Pooling()
         self.store, self.overwrite = store, overwrite
         self.extra = {"shard": f"{shard[0]}/{shard[1]}"}  # run_parallel_extraction.sh counts per shard
+        if sharded_by is not None:
+            self.extra["sharded_by"] = sharded_by
 
     @property
     def store_tokens(self) -> bool:
