@@ -39,7 +39,8 @@ class RunSignature:
 
     @classmethod
     def of_record(cls, model_info: dict | None, metadata: dict | None) -> "RunSignature":
-        meta, info = metadata or {}, model_info or metadata.get("model_info") or {}
+        meta = metadata or {}
+        info = model_info or meta.get("model_info") or {}
         spatial = meta.get("spatial", "center")  # files from before --spatial are centre crops
         source = meta.get("video_path") or meta.get("frame_dir")  # absent in image chunks and hand-made files
         return cls(model=meta.get("model") or info.get("model_name"), img_size=info.get("img_size"),
