@@ -116,7 +116,8 @@ class ClipEncoder:
                                    options.short_side, options.max_tokens,
                                    image_path_frames=self.model.img_temporal_dim_size)
         self.transform = self.spatial.transform()
-        coverage = f"crop {self.crop}" if spatial == "center" else f"whole frame at short side {self.spatial.short_side}"
+        coverage = (f"crop {self.crop}" if spatial == "center"
+                    else f"whole frame at short side {self.spatial.short_side}")
         logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, %s, %s on %s; storing %s (%d wide)",
                     spec, self.model.generation, self.model.embed_dim, self.model.depth, self.model.num_heads,
                     coverage, str(self.dtype).removeprefix("torch."), self.device, self.output_kind

@@ -108,10 +108,12 @@ def test_window_overflow_stops_naming_the_window_and_stores_nothing_of_it(tmp_pa
     assert isinstance(raised.value, ConfigError)  # exit 2 through src.cli.run
     ex.close()
     assert sorted(p.name for p in out.glob("window_*")) == ["window_00000.pt"]
-    assert [(r["input"], r["status"]) for r in Manifest.read(out / layout.MANIFEST_NAME)] == [(f"{frames}#window0", "ok")]
+    records = Manifest.read(out / layout.MANIFEST_NAME)
+    assert [(r["input"], r["status"]) for r in records] == [(f"{frames}#window0", "ok")]
     import pyarrow.parquet as pq
 
-    items = [i for p in sorted((tmp_path / "table").glob("part-*.parquet")) for i in pq.read_table(p)["item"].to_pylist()]
+    parts = sorted((tmp_path / "table").glob("part-*.parquet"))
+    items = [i for p in parts for i in pq.read_table(p)["item"].to_pylist()]
     assert items == [f"{frames.resolve()}#window0"]
     # the run stops: a later input is not started
     other = _frames(tmp_path / "other", 4, 1)

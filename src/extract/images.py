@@ -98,7 +98,8 @@ class ImageExtractor:
             logger.info(
                 "each image is repeated to %d frames → %d temporal × %d×%d spatial = %d tokens per image (%s)",
                 self.image_frames, tp, hp, wp, tp * hp * wp,
-                "the fast mode" if tp == 1 else f"image_frames=2 is the fast mode: 1 temporal token, {tp}× fewer tokens",
+                "the fast mode" if tp == 1
+                else f"image_frames=2 is the fast mode: 1 temporal token, {tp}× fewer tokens",
             )
 
     @property

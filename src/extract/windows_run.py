@@ -423,8 +423,8 @@ def run_inputs(run: WindowRun, inputs: list[tuple[str, Path]], output_root: Path
             logger.error("%s", message)
             out.mkdir(parents=True, exist_ok=True)
             with Manifest(layout.manifest_path(out)) as manifest:
-                manifest.record(str(path), None, "failed", str(exc),
-                                extra={"shard": f"{shard[0]}/{shard[1]}", "sharded_by": "input" if whole else "windows"})
+                extra = {"shard": f"{shard[0]}/{shard[1]}", "sharded_by": "input" if whole else "windows"}
+                manifest.record(str(path), None, "failed", str(exc), extra=extra)
             failed_inputs += 1
             continue
         for key in totals:
