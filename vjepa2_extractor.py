@@ -26,9 +26,9 @@ import sys
 
 from src import cli, embeddings_table, frames, sharding
 from src.extract import layout
+from src.extract.image_run import ExtractionSummary, extract_directory, split_chunks  # noqa: F401  (re-exported)
 from src.extract.images import (  # noqa: F401  (re-exported: the seed's and the tests' names)
-    ExtractionSummary, ImageDataset, ImageExtractor, check_image_frames, encode_frames, extract_directory,
-    list_images, resolve_image_frames, split_chunks,
+    ImageDataset, ImageExtractor, check_image_frames, encode_frames, list_images, resolve_image_frames,
 )
 from src.extract.layout import CHUNK_GLOB, chunk_name  # noqa: F401
 from src.extract.pooling import AGGREGATION_METHODS, aggregate_features  # noqa: F401

@@ -11,7 +11,7 @@ from PIL import Image
 
 from src.errors import ConfigError
 from src.extract import layout
-from src.extract.images import extract_directory
+from src.extract.image_run import extract_directory
 from src.extract.seed import SequentialVJEPA2Extractor, VJEPA2Extractor
 from src.extract.window_sources import WindowPlan
 from src.extract.windows_run import run_inputs

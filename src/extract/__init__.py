@@ -1,6 +1,6 @@
 """Extraction runs: inputs → clips → encoder → feature files, table rows and the manifest.
 
-- `images`: image folders → chunk files (`vjepa2_extractor.py`).
+- `images` + `image_run`: image folders → chunk files (`vjepa2_extractor.py`).
 - `windows_run` + `window_sources`: frame folders and videos → one file per window
   (`vjepa2_sequential_extractor.py`, the pipeline).
 - `layout`: every output name and path; `signature`: what must match to resume;
