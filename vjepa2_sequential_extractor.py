@@ -20,7 +20,8 @@ from src import cli, embeddings_table, sharding
 from src.extract.layout import input_folders as output_folders  # noqa: F401  (re-exported: the seed's names)
 from src.extract.seed import SequentialVJEPA2Extractor  # noqa: F401
 from src.extract.window_sources import VIDEO_LIST_SUFFIXES, expand_videos  # noqa: F401
-from src.extract.windows_run import WindowRun, WindowRunOptions, check_inputs, run_inputs
+from src.extract.inputs import check_inputs, run_inputs
+from src.extract.windows_run import WindowRun, WindowRunOptions
 from src.frames import DEFAULT_FRAME_PATTERN
 from src.options import EncoderOptions
 from src.windows import TAIL_MODES

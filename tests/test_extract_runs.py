@@ -14,7 +14,7 @@ from src.extract import layout
 from src.extract.image_run import extract_directory
 from src.extract.seed import SequentialVJEPA2Extractor, VJEPA2Extractor
 from src.extract.window_sources import WindowPlan
-from src.extract.windows_run import run_inputs
+from src.extract.inputs import run_inputs
 from src.features import Manifest, load_chunk
 from src.inference import FeatureOverflowError
 from src.windows import plan_windows
