@@ -22,580 +22,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import sys
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from src import cli, embeddings_table, features, frames, sharding
-from src.inference import ClipEncoder, dtype_name, stored_layers
-from src.spatial import DEFAULT_MAX_TOKENS
-from src.windows import batches_by_key, check_frame_size, default_num_workers
+from src import cli, embeddings_table, frames, sharding
+from src.extract import layout
+from src.extract.image_run import ExtractionSummary, extract_directory, split_chunks  # noqa: F401  (re-exported)
+from src.extract.images import (  # noqa: F401  (re-exported: the seed's and the tests' names)
+    ImageDataset, ImageExtractor, check_image_frames, encode_frames, list_images, resolve_image_frames,
+)
+from src.extract.layout import CHUNK_GLOB, chunk_name  # noqa: F401
+from src.extract.pooling import AGGREGATION_METHODS, aggregate_features  # noqa: F401
+from src.extract.seed import VJEPA2Extractor  # noqa: F401
+from src.options import EncoderOptions
+from src.windows import default_num_workers
 
 logger = logging.getLogger("vjepa2_extractor")
-
-AGGREGATION_METHODS = ("mean", "max", "temporal", "spatial", "quadrants")
-CHUNK_GLOB = "features_shard*of*_chunk*.pt"
-
-
-# --------------------------------------------------------------------------- aggregation
-
-
-def aggregate_features(feats: torch.Tensor, method: str, spatial_grid: tuple[int, int]) -> torch.Tensor:
-    """Pool ``[tokens, D]`` (or ``[B, tokens, D]``, per item) image features.
-
-    Tokens are in t-major, then h, then w order over a ``(Tp, Hp, Wp)`` grid; ``spatial_grid``
-    is ``(Hp, Wp)`` and ``Tp = tokens / (Hp * Wp)``. Methods:
-
-    * ``mean`` → ``[D]``; ``max`` → ``[D]`` (over all tokens);
-    * ``temporal`` → ``[Tp, D]``: one mean vector per time step;
-    * ``spatial`` → ``[Hp * Wp, D]``: one vector per patch (row-major), averaged over time;
-    * ``quadrants`` → ``[4, D]``: means over time of the top-left, top-right, bottom-left and
-      bottom-right quarters of the Hp × Wp grid. With an odd size the middle row (column)
-      belongs to the first (top / left) half: rows ``[0, ceil(Hp/2))`` are "top".
-    """
-    if method == "cls":
-        raise ValueError("V-JEPA 2 has no CLS token (every token is a patch); use 'mean' instead")
-    if method not in AGGREGATION_METHODS:
-        raise ValueError(f"unknown aggregation method {method!r}; choose from {', '.join(AGGREGATION_METHODS)}")
-    if feats.ndim == 3:
-        return torch.stack([aggregate_features(f, method, spatial_grid) for f in feats])
-    if feats.ndim != 2:
-        raise ValueError(f"expected features [tokens, D] or [B, tokens, D], got shape {tuple(feats.shape)}")
-    hp, wp = spatial_grid
-    tokens, dim = feats.shape
-    if tokens == 0 or tokens % (hp * wp):
-        raise ValueError(f"{tokens} tokens do not form whole {hp}×{wp} time steps")
-    if method == "mean":
-        return feats.mean(0)
-    if method == "max":
-        return feats.max(0).values
-    grid = feats.reshape(tokens // (hp * wp), hp, wp, dim)
-    if method == "temporal":
-        return grid.mean((1, 2))
-    if method == "spatial":
-        return grid.mean(0).reshape(hp * wp, dim)
-    # quadrants
-    if hp < 2 or wp < 2:
-        raise ValueError(f"quadrants need a patch grid of at least 2×2, got {hp}×{wp}")
-    h1, w1 = (hp + 1) // 2, (wp + 1) // 2
-    parts = (grid[:, :h1, :w1], grid[:, :h1, w1:], grid[:, h1:, :w1], grid[:, h1:, w1:])
-    return torch.stack([p.mean((0, 1, 2)) for p in parts])
-
-
-# --------------------------------------------------------------------------- extractor
-
-
-class VJEPA2Extractor:
-    """Image → V-JEPA 2 features: one frame through a 2.1 model's image path, or the image
-    repeated to ``image_frames`` frames through the video path.
-
-    Args:
-        model_name: model spec (hub id, transformers directory, original .pt, ``random:<arch>``).
-        device: "auto", "cpu", "cuda" (the local rank's GPU) or "cuda:N".
-        use_fp16: compute in fp16 (the seed's flag; the same as ``dtype="fp16"``).
-        image_frames: frames per image: 1 (2.1's image path; the default for 2.1 models) or
-            even ≥ 2, the image repeated along time (16 → 8 temporal tokens, 2 → 1; the
-            default for 2.0 models is 16). None: the model's default.
-        dtype: "auto", "fp32", "bf16" or "fp16"; None → "fp16" if use_fp16 else "auto" (a
-            ``dtype`` other than "fp16" with ``use_fp16=True`` is a ValueError).
-        img_size: crop size (default: the model's).
-        checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
-        compile: run the encoder through torch.compile (see bench/PERFORMANCE.md).
-        layers: what is stored: "last", "hierarchical" or block indices (see ClipEncoder).
-        num_heads: head count of an original .pt whose shapes cannot tell it (16-head giants).
-        spatial: "center" (the centre crop) or "full" (the whole image, its own grid; see src/spatial.py).
-        short_side: `full`: the short side images are resized to (default: the crop size).
-        max_tokens: refuse images with more tokens than this (None: no limit).
-    """
-
-    def __init__(self, model_name: str = "facebook/vjepa2-vitg-fpc64-384", device: str = "auto",
-                 use_fp16: bool = False, image_frames: int | None = None, dtype: str | None = None,
-                 img_size: int | None = None, checkpoint_key: str | None = None, compile: bool = False,
-                 layers: str | list[int] = "last", num_heads: int | None = None, spatial: str = "center",
-                 short_side: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS):
-        check_image_frames(image_frames)
-        self.encoder = ClipEncoder(model_name, device=sharding.local_device(device), dtype=dtype_name(dtype, use_fp16),
-                                   img_size=img_size, checkpoint_key=checkpoint_key, compile=compile, layers=layers,
-                                   num_heads=num_heads, spatial=spatial, short_side=short_side, max_tokens=max_tokens)
-        self.image_frames = resolve_image_frames(self.encoder, image_frames)
-        # raises here if image_frames does not tile into tubelets (Tp does not depend on the image)
-        tp, hp, wp = self.encoder.grid(self.image_frames, (self.encoder.crop, self.encoder.crop))
-        if self.encoder.spatial.mode == "full":
-            logger.info("each image %s → %d temporal token(s) × its own whole-image grid",
-                        "goes through the model's image path as one frame" if self.image_frames == 1
-                        else f"is repeated to {self.image_frames} frames", tp)
-        elif self.image_frames == 1:
-            logger.info("each image goes through the model's image path as one frame → %d×%d = %d tokens per image",
-                        hp, wp, hp * wp)
-        else:
-            logger.info(
-                "each image is repeated to %d frames → %d temporal × %d×%d spatial = %d tokens per image (%s)",
-                self.image_frames, tp, hp, wp, tp * hp * wp,
-                "the fast mode" if tp == 1 else f"image_frames=2 is the fast mode: 1 temporal token, {tp}× fewer tokens",
-            )
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        """Token grid (Tp, Hp, Wp) of one image, from the loaded model (`center`; with `full` each image
-        has its own: `grid_for`)."""
-        if self.encoder.spatial.mode == "full":
-            raise ValueError("with spatial='full' each image has its own grid: use grid_for((height, width))")
-        return self.encoder.grid(self.image_frames)
-
-    def grid_for(self, image_hw: tuple[int, int]) -> tuple[int, int, int]:
-        """Token grid (Tp, Hp, Wp) of an image of `image_hw` = (height, width) pixels."""
-        return self.encoder.grid(self.image_frames, image_hw)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.encoder.embed_dim
-
-    def _clip(self, image) -> torch.Tensor:
-        frame = frames.load_image(image)
-        return self.encoder.preprocess(frame[None])  # [C, 1, crop, crop]
-
-    def extract_batch(self, images: Sequence) -> torch.Tensor:
-        """``[B, tokens, D]`` float32 (CPU) features of several images in one forward pass (with
-        ``spatial="full"`` the images must share one grid: one forward pass holds one grid)."""
-        if len(images) == 0:
-            raise ValueError("extract_batch: no images")
-        clips = [self._clip(image) for image in images]
-        sizes = sorted({tuple(c.shape[-2:]) for c in clips})
-        if len(sizes) > 1:
-            raise ValueError(f"extract_batch: images of different grids ({', '.join(f'{h}×{w} px' for h, w in sizes)}"
-                             " after resizing) cannot share one forward pass; call extract_features per image")
-        clips = torch.stack(clips)
-        return encode_frames(self.encoder, clips, self.image_frames).float()
-
-    def extract_features(self, image) -> torch.Tensor:
-        """``[tokens, D]`` float32 (CPU) features of one image (path, PIL image or array)."""
-        return self.extract_batch([image])[0]
-
-    def aggregate_features(self, feats: torch.Tensor, method: str = "mean",
-                           image_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Pool features of this extractor (see the module-level :func:`aggregate_features`); with
-        ``spatial="full"`` give the image's ``(height, width)``, which sets its grid."""
-        _, hp, wp = self.grid if image_hw is None else self.grid_for(image_hw)
-        return aggregate_features(feats, method, (hp, wp))
-
-
-def check_image_frames(image_frames) -> None:
-    """``image_frames`` is None (the model's default), 1 (image path) or an even integer ≥ 2."""
-    if image_frames is None:
-        return
-    if isinstance(image_frames, bool) or not isinstance(image_frames, (int, np.integer)) \
-            or image_frames < 1 or (image_frames > 1 and image_frames % 2):
-        raise ValueError(f"image_frames must be 1 (a 2.1 model's image path) or an even integer >= 2, "
-                         f"got {image_frames!r}")
-
-
-def resolve_image_frames(encoder: ClipEncoder, image_frames: int | None) -> int:
-    """The frames per image for this model: 1 by default when it has an image path (2.1), else 16."""
-    check_image_frames(image_frames)
-    has_image_path = encoder.model.has_image_path
-    if image_frames is None:
-        return 1 if has_image_path else 16
-    if image_frames == 1 and not has_image_path:
-        raise ValueError(f"image_frames 1 needs a model with an image path (V-JEPA 2.1); "
-                         f"{encoder.spec} is V-JEPA {encoder.model.generation}: use 2 or 16")
-    return int(image_frames)
-
-
-def encode_frames(encoder: ClipEncoder, clips: torch.Tensor, image_frames: int) -> torch.Tensor:
-    """Single preprocessed frames ``[B, C, 1, H, W]`` (one size) → fp16 ``[B, tokens, D]``.
-
-    With ``image_frames`` 1 the frame goes through the model's image path as it is; otherwise
-    it is repeated to ``image_frames`` along T with ``expand`` (no copy here; the encoder's
-    device/dtype move materialises it).
-    """
-    if clips.ndim != 5 or clips.shape[2] != 1:
-        raise ValueError(f"expected single frames [B, C, 1, H, W], got shape {tuple(clips.shape)}")
-    return encoder.encode(clips.expand(-1, -1, image_frames, -1, -1))
-
-
-# --------------------------------------------------------------------------- data loading
-
-
-class ImageDataset(Dataset):
-    """Preprocessed single frames of images under ``root``.
-
-    Item i is ``(i, frame [C, 1, H, W], (h, w))`` (crop×crop, or the image's own size with
-    ``--spatial full``) or, when the image cannot be read or
-    preprocessed, ``(i, "error message", None)``: a bad file must not stop the run.
-    """
-
-    def __init__(self, root: str | os.PathLike, rel_paths: Sequence[str], preprocess: Callable, min_side: int = 1):
-        self.root = Path(root)
-        self.rel_paths = list(rel_paths)
-        self.preprocess = preprocess
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.rel_paths)
-
-    def __getitem__(self, i: int):
-        path = self.root / self.rel_paths[i]
-        try:
-            image = frames.load_image(path)
-            check_frame_size(image.shape[0], image.shape[1], self.min_side, name="image")
-            frame = self.preprocess(image[None])
-            return i, frame, (int(image.shape[0]), int(image.shape[1]))
-        except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
-            message = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-            prefix = f"{path}: "
-            if message.startswith(prefix):  # load_image prefixes its messages with the path
-                message = message[len(prefix):]
-            return i, message or type(exc).__name__, None
-
-
-def collate_images(items: list) -> dict:
-    """Stack the readable frames; pass the errors through."""
-    ok = [item for item in items if not isinstance(item[1], str)]
-    return {
-        "index": [item[0] for item in ok],
-        "frames": torch.stack([item[1] for item in ok]) if ok else None,
-        "sizes": [item[2] for item in ok],
-        "errors": [(item[0], item[1]) for item in items if isinstance(item[1], str)],
-    }
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - only a performance hint
-        pass
-
-
-def make_loader(dataset: Dataset, batches: int | list[list[int]], num_workers: int, device: str) -> DataLoader:
-    """`batches`: a batch size, or the batches themselves (lists of dataset indices)."""
-    sizing = {"batch_size": batches, "shuffle": False} if isinstance(batches, int) else {"batch_sampler": batches}
-    return DataLoader(
-        dataset,
-        **sizing,
-        num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=str(device).startswith("cuda"),
-        persistent_workers=False,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-    )
-
-
-# --------------------------------------------------------------------------- chunks
-
-
-def chunk_name(shard_index: int, num_shards: int, k: int) -> str:
-    return f"features_shard{shard_index:03d}of{num_shards:03d}_chunk{k:05d}.pt"
-
-
-_CHUNK_FILE = re.compile(r"features_shard(\d{3})of(\d{3})_chunk(\d{5})\.pt")
-
-
-def _check_no_foreign_chunks(output_dir: Path, shard_index: int, num_shards: int, num_chunks: int) -> None:
-    """Refuse an output folder holding chunks this run would not write (another shard count, or
-    more chunks than this shard now has: another --chunk_size or a changed input list): resuming
-    next to them would store images twice."""
-    foreign = []
-    for path in sorted(output_dir.glob("features_shard*of*_chunk*.pt")):
-        match = _CHUNK_FILE.fullmatch(path.name)
-        if match is None:
-            continue
-        index, count, k = map(int, match.groups())
-        if count != num_shards or (index == shard_index and k >= num_chunks):
-            foreign.append(path.name)
-    if foreign:
-        raise cli.UsageError(
-            f"{output_dir}: holds {len(foreign)} chunk file(s) this run would not write ({foreign[0]}"
-            f"{', …' if len(foreign) > 1 else ''}; this run: {num_shards} shard(s), {num_chunks} chunk(s) for shard "
-            f"{shard_index}); keep the earlier --chunk_size and shard count, or use another --output_dir")
-
-
-def split_chunks(items: Sequence, chunk_size: int) -> list[list]:
-    """Consecutive groups of ``chunk_size`` (the last one may be shorter)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return [list(items[i:i + chunk_size]) for i in range(0, len(items), chunk_size)]
-
-
-def list_images(image_dir: str | os.PathLike, patterns: Sequence[str] | None = None,
-                recursive: bool = False) -> list[str]:
-    """Relative posix paths of the images under ``image_dir``, sorted."""
-    root = Path(image_dir)
-    return [p.relative_to(root).as_posix() for p in frames.find_images(root, patterns, recursive)]
-
-
-def _existing_chunk_keys(path: Path, expected: Iterable[str], config: dict) -> set[str] | None:
-    """Keys of a complete chunk file written for these inputs and settings, else None.
-
-    A complete file whose keys are not among ``expected`` (the input list changed) is
-    recomputed; one written with another model / frame count is a usage error.
-    """
-    if not features.is_complete(path):
-        return None
-    try:  # mmap: only the keys and metadata are touched, not the (large) feature data
-        chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable now means recompute
-        logger.warning("%s: cannot reread (%s); recomputing", path.name, exc)
-        return None
-    keys = set(chunk)
-    if not keys <= set(expected):
-        logger.warning("%s was written for a different input list; recomputing it", path.name)
-        return None
-    for entry in list(chunk.values())[:1]:
-        meta = entry.get("metadata", {}) if isinstance(entry, dict) else {}
-        spatial = meta.get("spatial", "center")  # chunks from before --spatial are centre crops
-        info = meta.get("model_info") or {}
-        found = {
-            "image_frames": meta.get("image_frames"),
-            "grid": meta.get("grid") if spatial == "center" else None,  # `full`: each image its own
-            "model_name": info.get("model_name"),
-            "layers": stored_layers(info),
-            "spatial": spatial,
-            "short_side": meta.get("short_side") if spatial == "full" else None,
-        }
-        if found != config:
-            raise cli.UsageError(
-                f"{path}: written with {found}, this run uses {config}; "
-                "use another --output_dir or pass --overwrite"
-            )
-    return keys
-
-
-@dataclass
-class ExtractionSummary:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    chunks_written: int = 0
-    chunks_skipped: int = 0
-    seconds: float = 0.0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-def extract_directory(
-    encoder: ClipEncoder,
-    image_dir: str | os.PathLike,
-    rel_paths: Sequence[str],
-    output_dir: str | os.PathLike,
-    *,
-    shard: tuple[int, int] = (0, 1),
-    image_frames: int = 16,
-    chunk_size: int = 1000,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    overwrite: bool = False,
-    manifest: features.Manifest | None = None,
-    progress: bool | None = None,
-    store: str = "tokens",
-    table: embeddings_table.TableWriter | None = None,
-    pooling: embeddings_table.Pooling | None = None,
-) -> ExtractionSummary:
-    """Encode ``rel_paths`` (this shard's images, relative to ``image_dir``) into chunk files.
-
-    Chunk k of the sorted list goes to ``output_dir / chunk_name(i, N, k)``; complete chunks
-    are skipped unless ``overwrite``. Unreadable images are logged, recorded as failed in the
-    manifest and left out of their chunk. At most one chunk's features are held in memory.
-    With ``store`` "pooled" or "both", each image also becomes a row of ``table`` (its vector
-    pooled as ``pooling`` says); "pooled" writes no chunk files.
-    """
-    from tqdm import tqdm
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    image_dir, output_dir = Path(image_dir), Path(output_dir)
-    shard_index, num_shards = shard
-    shard_label = f"{shard_index}/{num_shards}"
-    manifest = manifest if manifest is not None else features.Manifest(output_dir / "manifest.jsonl")
-    extra = {"shard": shard_label}
-    config = _chunk_config(encoder, image_frames)
-    model_info = encoder.describe(image_frames)
-    store_tokens = store != "pooled"
-    pooling = pooling or embeddings_table.Pooling()
-    if (table is None) != (store == "tokens"):
-        raise ValueError(f"store {store!r} {'needs' if table is None else 'takes no'} table")
-    if table is not None:
-        table.expect({"model": model_info["model_name"], "pooling": pooling.name, "img_size": encoder.crop,
-                      "clip_frames": image_frames, "spatial": encoder.spatial.mode,
-                      "generation": model_info.get("generation"), "output": model_info.get("output"),
-                      "layers": model_info.get("layers")})
-    items = {rel: str((image_dir / rel).resolve()) for rel in rel_paths}  # table identity: the image's path
-
-    def rows_missing(rels):
-        table.refresh()  # parts other processes wrote meanwhile
-        return [rel for rel in rels if overwrite or not table.has(items[rel])]
-
-    paths = sorted(rel_paths)
-    _check_no_foreign_chunks(output_dir, shard_index, num_shards, len(split_chunks(paths, chunk_size)))
-    sizes = _image_sizes(encoder, image_dir, paths, image_frames) if encoder.spatial.mode == "full" else {}
-    summary = ExtractionSummary()
-    start = time.perf_counter()
-    bar = tqdm(total=len(paths), unit="img", desc=f"shard {shard_label}", disable=None if progress is None
-               else not progress, dynamic_ncols=True)
-    try:
-        for k, group in enumerate(split_chunks(paths, chunk_size)):
-            name = chunk_name(shard_index, num_shards, k)
-            path = output_dir / name
-            existing = None if overwrite or not store_tokens else _existing_chunk_keys(path, group, config)
-            if not store_tokens and not rows_missing(group):
-                for rel in group:
-                    manifest.record(rel, str(table.dir), "skipped", extra=extra)
-                summary.skipped += len(group)
-                bar.update(len(group))
-                continue
-            if existing is not None:
-                if table is not None:
-                    _pool_chunk_file(table, pooling, path, image_dir, items, existing)
-                for rel in group:
-                    if rel in existing:
-                        manifest.record(rel, name, "skipped", extra=extra)
-                        summary.skipped += 1
-                    else:
-                        error = f"not in the existing {name} (failed in an earlier run; --overwrite retries)"
-                        manifest.record(rel, None, "failed", error=error, extra=extra)
-                        summary.failed += 1
-                summary.chunks_skipped += 1
-                bar.update(len(group))
-                logger.debug("%s complete; skipped %d images", name, len(group))
-                continue
-
-            with features.claim_output(path) as mine:
-                done = (_existing_chunk_keys(path, group, config) is not None if store_tokens
-                        else not rows_missing(group))
-                if not mine or (not overwrite and done):
-                    # another process (e.g. a resubmitted array task) has it or just finished it
-                    for rel in group:
-                        manifest.record(rel, name, "skipped", error="written by another process", extra=extra)
-                    summary.skipped += len(group)
-                    summary.chunks_skipped += 1
-                    bar.update(len(group))
-                    continue
-                todo = group if store_tokens else rows_missing(group)
-                for rel in sorted(set(group) - set(todo)):
-                    manifest.record(rel, str(table.dir), "skipped", extra=extra)
-                    summary.skipped += 1
-                _encode_chunk(encoder, image_dir, todo, path, name, image_frames, batch_size, num_workers,
-                              manifest, extra, summary, bar, sizes, table=table, pooling=pooling, items=items,
-                              store_tokens=store_tokens, overwrite=overwrite)
-    finally:
-        bar.close()
-        summary.seconds = time.perf_counter() - start
-    return summary
-
-
-def _chunk_config(encoder: ClipEncoder, image_frames: int) -> dict:
-    """What a finished chunk must have been written with for this run to keep it."""
-    full = encoder.spatial.mode == "full"
-    info = encoder.describe(image_frames)
-    return {"image_frames": image_frames, "grid": None if full else list(encoder.grid(image_frames)),
-            "model_name": info["model_name"], "layers": stored_layers(info), "spatial": encoder.spatial.mode,
-            "short_side": encoder.spatial.short_side if full else None}
-
-
-def _image_sizes(encoder: ClipEncoder, image_dir: Path, paths: Sequence[str], image_frames: int) -> dict:
-    """`--spatial full`: each image's (height, width) from its header, to batch images of one grid
-    together; refuses (exit 2), before any work, images whose grid exceeds --max_tokens."""
-    logger.info("--spatial full: reading the sizes of %d images (headers only)", len(paths))
-    sizes = {rel: frames.read_image_size(image_dir / rel) for rel in paths}
-    too_big = []
-    for rel, hw in sizes.items():
-        if hw is not None:
-            try:
-                encoder.spatial.check_tokens(image_frames, *hw, name=f"{image_dir / rel}")
-            except ValueError as exc:
-                too_big.append(str(exc))
-    if too_big:
-        more = f" ({len(too_big) - 1} more image(s) too)" if len(too_big) > 1 else ""
-        raise cli.UsageError(too_big[0] + more)
-    return sizes
-
-
-def _pool_chunk_file(table: embeddings_table.TableWriter, pooling: embeddings_table.Pooling, path: Path,
-                     image_dir: Path, items: dict, keys: set[str]) -> None:
-    """Table rows of a finished chunk that the table lacks (a run killed before they were written):
-    pooled from the chunk file, not re-encoded."""
-    with features.claim_output(path) as mine:
-        table.refresh()
-        if not mine or all(table.has(items[rel]) for rel in keys):
-            return
-        for rows in embeddings_table.rows_from_feature_file(path, pooling, image_dir):
-            if not table.has(rows[0]["item"]):
-                table.add(rows)
-        table.flush()
-        logger.info("%s: table rows pooled from the chunk file", path.name)
-
-
-def _encode_chunk(encoder, image_dir, group, path, name, image_frames, batch_size, num_workers, manifest, extra,
-                  summary, bar, sizes, table=None, pooling=None, items=None, store_tokens=True,
-                  overwrite=False) -> None:
-    """Decode, encode and save one chunk, and its table rows (the caller holds its claim). `sizes`:
-    image sizes where the grid depends on them (`full`): batches then hold one grid each."""
-    chunk: dict[str, dict] = {}
-    pooled_only: list[str] = []  # images stored as table rows alone
-    batches = batches_by_key([encoder.spatial.batch_key(sizes.get(rel)) for rel in group], batch_size)
-    loader = make_loader(ImageDataset(image_dir, group, encoder.transform, encoder.model.patch_size), batches,
-                         num_workers, str(encoder.device))
-    for batch in loader:
-        for i, error in batch["errors"]:
-            logger.error("%s: %s", group[i], error)
-            manifest.record(group[i], None, "failed", error=error, extra=extra)
-            summary.failed += 1
-        if batch["frames"] is not None:
-            out = encode_frames(encoder, batch["frames"], image_frames)
-            for j, (i, (h, w)) in enumerate(zip(batch["index"], batch["sizes"])):
-                rel = group[i]
-                chunk[rel] = {
-                    "features": out[j],
-                    "metadata": {
-                        "source": rel,
-                        **encoder.spatial.metadata(image_frames, h, w),  # grid, image_size, covered box
-                        "image_frames": image_frames,
-                        "image_path": "image" if image_frames == 1 else "video (image repeated)",
-                        "model_info": encoder.describe(image_frames, (h, w)),
-                    },
-                }
-                if table is not None and (overwrite or not table.has(items[rel])):
-                    table.add(embeddings_table.build_rows(
-                        out[j], chunk[rel]["metadata"]["model_info"], chunk[rel]["metadata"], pooling, source=items[rel],
-                        token_file=str(path.resolve()) if store_tokens else None,
-                        extraction_time=datetime.now(timezone.utc)))
-                if not store_tokens:
-                    pooled_only.append(rel)
-                    del chunk[rel]  # only its row is kept
-        bar.update(len(batch["index"]) + len(batch["errors"]))
-    chunk = {rel: chunk[rel] for rel in group if rel in chunk}  # the list's order, whatever the batching
-    if table is not None:
-        table.flush()  # the chunk's rows are on disk before its claim goes
-        for rel in pooled_only:
-            manifest.record(rel, str(table.dir), "ok", extra=extra)
-        summary.done += len(pooled_only)
-    if chunk:
-        features.save_chunk(chunk, path)
-        for rel in chunk:
-            manifest.record(rel, name, "ok", extra=extra)
-        summary.done += len(chunk)
-        summary.chunks_written += 1
-        logger.debug("wrote %s (%d images)", name, len(chunk))
-    elif store_tokens:
-        logger.warning("%s: every image of this chunk failed; no file written", name)
-
-
-# --------------------------------------------------------------------------- CLI
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -627,16 +68,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    cli.setup_logging(args.debug)
+def check_args(args) -> None:
     for flag in ("chunk_size", "batch_size"):
         if getattr(args, flag) < 1:
             raise cli.UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.num_workers is not None and args.num_workers < 0:
         raise cli.UsageError(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.part_rows < 1:
-        raise cli.UsageError(f"--part_rows must be >= 1, got {args.part_rows}")
+    embeddings_table.check_part_rows(args.part_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cli.setup_logging(args.debug)
+    check_args(args)
     try:
         shard_index, num_shards = sharding.resolve_shard(args.shard, args.num_shards)
     except ValueError as exc:
@@ -645,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     patterns = args.pattern or list(frames.DEFAULT_IMAGE_PATTERNS)
     all_images = list_images(args.image_dir, patterns, args.recursive)
     if not all_images:
-        raise cli.UsageError(
-            f"no images in {args.image_dir} matching {' '.join(patterns)}"
-            + ("" if args.recursive else " (add --recursive to search subfolders)")
-        )
+        raise cli.UsageError(f"no images in {args.image_dir} matching {' '.join(patterns)}"
+                             + ("" if args.recursive else " (add --recursive to search subfolders)"))
     mine = sharding.select_shard(all_images, shard_index, num_shards)
     output_dir = cli.check_output_dir(args.output_dir)
-    others = sorted({p.name.split("_chunk")[0] for p in output_dir.glob(CHUNK_GLOB)}
-                    - {chunk_name(shard_index, num_shards, 0).split("_chunk")[0]})
-    if any(not o.endswith(f"of{num_shards:03d}") for o in others):
+    others = layout.other_shard_counts(output_dir, num_shards)
+    if others:
         logger.warning("%s already holds chunk files from a run with another shard count (%s); "
                        "readers will see those images twice", output_dir, ", ".join(others[:3]))
     logger.info("shard %d/%d: %d of %d images from %s", shard_index, num_shards, len(mine), len(all_images),
@@ -664,27 +105,23 @@ def main(argv: list[str] | None = None) -> int:
         return cli.EXIT_OK
 
     try:
-        extractor = VJEPA2Extractor(args.model, device=args.device, image_frames=args.image_frames,
-                                    dtype=args.dtype, img_size=args.img_size, checkpoint_key=args.checkpoint_key,
-                                    compile=args.compile, layers=args.layers, num_heads=args.num_heads,
-                                    spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens)
+        extractor = ImageExtractor(EncoderOptions.from_args(args), args.image_frames)
     except ValueError as exc:  # a bad spec, file, --layers, --image_frames or --short_side for this model
         raise cli.UsageError(str(exc)) from None
     num_workers = default_num_workers(extractor.encoder.device) if args.num_workers is None else args.num_workers
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    pooling = embeddings_table.pooling_from_args(args)
     table = None if args.store == "tokens" else embeddings_table.TableWriter(
-        args.table_dir or output_dir / "embeddings", (shard_index, num_shards), args.part_rows, overwrite=args.overwrite)
+        args.table_dir or layout.default_table_dir(output_dir), (shard_index, num_shards), args.part_rows,
+        overwrite=args.overwrite)
     with logging_redirect_tqdm(loggers=[logging.getLogger()]), embeddings_table.closing(table):
         summary = extract_directory(
-            extractor.encoder, args.image_dir, mine, output_dir,
-            shard=(shard_index, num_shards), image_frames=extractor.image_frames, chunk_size=args.chunk_size,
-            batch_size=args.batch_size, num_workers=num_workers, overwrite=args.overwrite,
-            store=args.store, table=table, pooling=embeddings_table.pooling_from_args(args),
-        )
+            extractor.encoder, args.image_dir, mine, output_dir, shard=(shard_index, num_shards),
+            image_frames=extractor.image_frames, chunk_size=args.chunk_size, batch_size=args.batch_size,
+            num_workers=num_workers, overwrite=args.overwrite, store=args.store, table=table, pooling=pooling)
     if table is not None:
-        print(f"embeddings table: {table.dir} ({args.store}, {embeddings_table.pooling_from_args(args).name}; "
-              f"{table.rows_written} rows written)")
+        print(f"embeddings table: {table.dir} ({args.store}, {pooling.name}; {table.rows_written} rows written)")
     logger.info(
         "shard %d/%d: %d done, %d skipped (already complete), %d failed in %.1f s (%.1f images/s); "
         "%d chunk(s) written, %d skipped → %s",
@@ -692,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.images_per_s, summary.chunks_written, summary.chunks_skipped, output_dir,
     )
     if summary.failed:
-        logger.error("%d image(s) failed; see %s", summary.failed, output_dir / "manifest.jsonl")
+        logger.error("%d image(s) failed; see %s", summary.failed, layout.manifest_path(output_dir))
         return cli.EXIT_PARTIAL
     return cli.EXIT_OK
 

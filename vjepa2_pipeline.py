@@ -20,22 +20,17 @@ import json
 import logging
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
-from tqdm import tqdm
-
-from src import cli, embeddings_table, sharding
+from src import cli, embeddings_table
+from src.animation import PictureOptions, render, video_fps, warn_leftovers
+from src.extract.windows_run import WindowRun, WindowRunOptions
 from src.features import outputs_written
-from src.jit_cache import prefetch_umap
 from src.frames import DEFAULT_FRAME_PATTERN
+from src.jit_cache import prefetch_umap
+from src.options import EncoderOptions
 from src.package import library_versions, write_package
-from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
-from src.visualize import (
-    FrameSource, digest, finished_outputs, fit_projections, frame_label, iter_feature_items, projection_keys,
-    record_outputs, token_grids, write_token_pictures,
-)
-from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+from src.visualize import digest, finished_outputs, fit_projections, projection_keys, record_outputs
 
 logger = logging.getLogger("vjepa2_pipeline")
 
@@ -119,71 +114,6 @@ def check_args(args) -> None:
         raise cli.UsageError(f"--umap_sample must be at least 10, got {args.umap_sample}")
 
 
-def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, args, fps: float,
-           timings: dict) -> list[Path]:
-    """Stream windows: PNGs per temporal token, one animation frame per source frame. Adds the
-    seconds spent projecting tokens to colours to `timings["transform_s"]`."""
-    written: list[Path] = []
-    timings.setdefault("transform_s", 0.0)
-    source = FrameSource()
-    emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
-    with ExitStack() as stack:
-        writers: dict[str, list[VideoWriter]] = {}
-        names = ["combined"] if args.no_independent_videos and todo["views"] else todo["views"]
-        for name in names:
-            writers[name] = []
-            for fmt in todo["formats"]:
-                path = out / "videos" / f"{name}.{fmt}"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
-                written.append(path)
-        for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
-                         disable=None):
-            meta = item.metadata
-            start = time.perf_counter()
-            grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
-            timings["transform_s"] += time.perf_counter() - start
-            ids, frames = source.frames(item)
-            box = meta["crop_box"]
-            for m in todo["pngs"]:
-                written += write_token_pictures(item, grids[m], ids, frames, out, m, args.alpha,
-                                                annotate_frames=args.annotate)
-            for pos, (frame_id, frame) in enumerate(zip(ids, frames)):
-                if frame_id in emitted:
-                    continue
-                emitted.add(frame_id)
-                label = frame_label(meta, frame_id, pos) if args.annotate else None
-                original = annotate(frame, label) if label else frame
-                if args.original_images:
-                    written.append(write_png(original, out / "original" / f"frame_{frame_id:06d}.png"))
-                if not writers:
-                    continue
-                t = pos // 2  # each temporal token covers 2 source frames
-                overlays = {m: overlay(frame, grids[m][t], box, args.alpha) for m in todo["methods"]}
-                if label:
-                    overlays = {m: annotate(img, f"{m.upper()}  {label}") for m, img in overlays.items()}
-                views = {m: overlays[m] for m in ("umap", "pca") if m in todo["views"]}
-                if "stacked" in todo["views"]:
-                    views["stacked"] = stack_vertical([original, side_by_side(list(overlays.values()))], align="center")
-                if "combined" in writers:
-                    composed = {"combined": side_by_side(list(views.values()))}
-                else:
-                    composed = views
-                for name, image in composed.items():
-                    for writer in writers[name]:
-                        writer.append(image)
-    source.close()
-    return written
-
-
-def video_fps(feature_files: list[Path], args) -> float:
-    """--video_fps, else the video's frame rate over --frame_step, else 10."""
-    first_meta = next(iter_feature_items(feature_files[:1])).metadata
-    if args.video_fps:
-        return args.video_fps
-    return first_meta["fps"] / args.frame_step if first_meta.get("source_type") == "video" else 10.0
-
-
 def packaged_key(package_dir: Path) -> str | None:
     """The package_key of the package in `package_dir` (None if there is none, or it is unreadable)."""
     try:
@@ -192,19 +122,7 @@ def packaged_key(package_dir: Path) -> str | None:
         return None
 
 
-def warn_leftovers(out: Path, pictures: list[Path]) -> None:
-    """Say which picture files in `out` this run did not write (an earlier run with other flags or
-    windows): they stay on disk but are not in this run's package."""
-    written = set(pictures)
-    kinds = [f"{m}_{k}" for m in ("umap", "pca") for k in ("projection", "overlay")] + ["original", "videos"]
-    for kind in kinds:
-        stale = [p for p in sorted((out / kind).glob("*")) if p.is_file() and p not in written]
-        if stale:
-            logger.warning("%s: %d file(s) from an earlier run (e.g. %s) are not in this run's package; "
-                           "delete them if unwanted", out / kind, len(stale), stale[0].name)
-
-
-def extract(extractor: SequentialVJEPA2Extractor, args, out: Path) -> dict:
+def extract(extractor: WindowRun, args, out: Path) -> dict:
     if args.frame_dir:
         return extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     try:  # the extractor opens the video before it loads the model
@@ -230,16 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if "umap" in todo["methods"] and (args.overwrite or not (out / "projection" / "pictures.json").is_file()):
         prefetch_umap()  # its few seconds of importing overlap extraction instead of delaying the pictures
     start = time.perf_counter()
-    extractor = SequentialVJEPA2Extractor(
-        model_name=args.model, device=sharding.local_device(args.device), dtype=args.dtype, img_size=args.img_size,
-        window=args.window, stride=args.stride, batch_size=args.batch_size, num_workers=args.num_workers,
-        frame_pattern=args.frame_pattern, allow_gaps=args.allow_gaps, checkpoint_key=args.checkpoint_key,
-        compile=args.compile, overwrite=args.overwrite, layers=args.layers, num_heads=args.num_heads,
-        spatial=args.spatial, short_side=args.short_side, max_tokens=args.max_tokens,
-        store=args.store,
-        pooling=embeddings_table.pooling_from_args(args), table_dir=args.table_dir or out / "embeddings",
-        part_rows=args.part_rows,
-    )
+    extractor = WindowRun(EncoderOptions.from_args(args), WindowRunOptions.from_args(args, output_dir=out))
     with embeddings_table.closing(extractor):  # the table's last rows are written however extraction ends
         summary = extract(extractor, args, out)
     timings["extraction_s"] = time.perf_counter() - start
@@ -247,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if not feature_files:
         raise cli.UsageError(f"no windows could be extracted from {args.frame_dir or args.video}")
 
-    fps = video_fps(feature_files, args)
+    fps = video_fps(feature_files, args.video_fps, args.frame_step)
     keys = projection_keys(feature_files, todo["methods"], args.umap_sample, args.seed, args.n_neighbors,
                            args.min_dist, args.metric)
     pictures_key = digest({"projections": keys, "plan": todo, "fps": fps, **{k: getattr(args, k) for k in (
@@ -270,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     or "nothing")
         start = time.perf_counter()
         with outputs_written(out):
-            pictures = render(feature_files, projections, todo, out, args, fps, timings)
+            looks = PictureOptions(args.alpha, args.annotate, args.original_images, args.no_independent_videos)
+            pictures = render(feature_files, projections, todo, out, looks, fps, timings)
             record_outputs(record, pictures_key, pictures, out)
         timings["render_s"] = time.perf_counter() - start
         logger.info("%d pictures/videos written in %.1f s (%.1f s of it projecting tokens to colours)",

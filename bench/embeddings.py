@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from src.embeddings_table import Pooling, TableWriter, build_rows, part_files  # noqa: E402
 from src.features import load_features  # noqa: E402
-from vjepa2_sequential_extractor import SequentialVJEPA2Extractor  # noqa: E402
+from src.extract.seed import SequentialVJEPA2Extractor  # noqa: E402
 
 WINDOW = 16
 GIANT_TOKENS, GIANT_DIM = 8 * 24 * 24, 1408  # ViT-g/384, 16 frames

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from src.frames import find_frames, load_image  # noqa: E402
 from src.inference import ClipEncoder  # noqa: E402
-from vjepa2_sequential_extractor import SequentialVJEPA2Extractor  # noqa: E402
+from src.extract.seed import SequentialVJEPA2Extractor  # noqa: E402
 
 WINDOW = 16
 
@@ -57,7 +57,7 @@ def forward_only(encoder: ClipEncoder, windows: int, batch_size: int) -> float:
 
 
 def image_rates(model: str, img_size: int, images: list[Path], batch_size: int) -> dict:
-    from vjepa2_extractor import VJEPA2Extractor
+    from src.extract.seed import VJEPA2Extractor
 
     rates = {}
     for frames in (2, 16):

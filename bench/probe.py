@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from src.probe import FeatureIndex, ProbeConfig, ViewDataset, build_probe, collate_views  # noqa: E402
 from src.windows import VideoWindowDataset, collate_windows, plan_windows  # noqa: E402
-from vjepa2_sequential_extractor import SequentialVJEPA2Extractor  # noqa: E402
+from src.extract.seed import SequentialVJEPA2Extractor  # noqa: E402
 
 WINDOW, NUM_CLASSES = 16, 4
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from src.errors import InputError, OutputWriteError, TableConfigError, UsageError
-from src.features import load_any, remove_stale_temp_files
+from src.extract.pooling import POOL_METHODS, Pooling  # noqa: F401  (the table's public names)
+from src.features import atomic_write, load_any, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
 STORE_CHOICES = ("tokens", "pooled", "both")
-POOL_METHODS = ("mean", "max", "temporal")
 PART_GLOB = "part-*.parquet"
 TABLE_META_KEY = b"vjepa2_table"
 TABLE_VERSION = 1
@@ -42,41 +42,6 @@ FEATURE_GLOBS = ("window_*.pt", "window_*.safetensors", "features_shard*of*_chun
 CONFIG_KEYS = ("model", "pooling", "dim", "img_size", "clip_frames", "spatial", "generation", "output", "layers")
 
 
-
-
-# --------------------------------------------------------------------------- pooling
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """How tokens become table vectors: a reduction, then (by default) L2 normalisation."""
-
-    method: str = "mean"
-    l2: bool = True
-
-    def __post_init__(self):
-        if self.method not in POOL_METHODS:
-            raise ValueError(f"unknown pooling {self.method!r}; choose from {', '.join(POOL_METHODS)}")
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}+l2" if self.l2 else self.method
-
-    def __call__(self, features: torch.Tensor, grid: Iterable[int]) -> np.ndarray:
-        """fp16 ``[N, D]`` tokens → float32 ``[R, D]`` (R = 1, or Tp for `temporal`), reduced in fp32."""
-        tp = int(list(grid)[0])
-        x = features.float()  # [N, D], N = Tp·Hp·Wp in t-major order
-        if x.ndim != 2 or tp < 1 or x.shape[0] % tp:
-            raise ValueError(f"features of shape {tuple(x.shape)} do not fit the token grid {list(grid)}")
-        if self.method == "mean":
-            pooled = x.mean(0, keepdim=True)
-        elif self.method == "max":
-            pooled = x.max(0, keepdim=True).values
-        else:  # temporal: one mean per time step
-            pooled = x.reshape(tp, -1, x.shape[1]).mean(1)  # [Tp, D]
-        if self.l2:
-            pooled = torch.nn.functional.normalize(pooled, dim=1)
-        return pooled.numpy().astype(np.float32, copy=False)
 
 
 def add_table_arguments(parser, default_dir: str, stores: tuple[str, ...] = STORE_CHOICES) -> None:
@@ -405,6 +370,12 @@ def rows_from_feature_file(path: str | os.PathLike, pooling: Pooling,
 # --------------------------------------------------------------------------- writing
 
 
+def check_part_rows(part_rows: int) -> None:
+    """The one check of --part_rows (a writer checks it, and so does a run that opens its writer late)."""
+    if part_rows < 1:
+        raise UsageError(f"--part_rows must be >= 1, got {part_rows}")
+
+
 class TableWriter:
     """Appends rows to a table folder as part files; knows which items the folder already holds.
 
@@ -419,8 +390,7 @@ class TableWriter:
     def __init__(self, table_dir: str | os.PathLike, shard: tuple[int, int] = (0, 1),
                  part_rows: int = DEFAULT_PART_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
                  overwrite: bool = False):
-        if part_rows < 1:
-            raise ValueError(f"part_rows must be >= 1, got {part_rows}")
+        check_part_rows(part_rows)
         self.dir = Path(table_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shard, self.part_rows, self.flush_seconds = shard, part_rows, flush_seconds
@@ -502,20 +472,10 @@ class TableWriter:
         name = f"part-shard{self.shard[0]:03d}of{self.shard[1]:03d}-{stamp}-{secrets.token_hex(4)}.parquet"
         path = self.dir / name
         table = _rows_to_arrow(self._rows, self.config)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        try:
-            # float vectors barely compress: stored plain, so a search reads them at disk speed
-            codecs = {name: "none" if name == "vector" else "zstd" for name in table.schema.names}
-            pq.write_table(table, tmp, compression=codecs, row_group_size=len(self._rows))
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise OutputWriteError(f"{path}: cannot write table part ({exc.strerror or exc})") from exc
+        # float vectors barely compress: stored plain, so a search reads them at disk speed
+        codecs = {name: "none" if name == "vector" else "zstd" for name in table.schema.names}
+        atomic_write(path, lambda handle: pq.write_table(table, handle, compression=codecs,
+                                                         row_group_size=len(self._rows)), what="table part")
         self._seen.add(path)
         for row in self._rows:
             self._items[row["item"]] = (row["start_frame"], row["end_frame"])

@@ -139,7 +139,7 @@ def claim_output(path: str | os.PathLike) -> Iterator[bool]:
 
 
 class _ErrorRecordingWriter:
-    """A binary file wrapper that remembers the first OSError of a write (see `_atomic_write`)."""
+    """A binary file wrapper that remembers the first OSError of a write (see `atomic_write`)."""
 
     def __init__(self, handle: BinaryIO):
         self._handle, self.error = handle, None
@@ -155,8 +155,12 @@ class _ErrorRecordingWriter:
         return getattr(self._handle, name)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a temp file next to ``path``, fsync it, rename onto ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], what: str = "feature file") -> Path:
+    """Every writer's one way to write a file: run ``write`` on a hidden temp file next to ``path``,
+    fsync it, rename it onto ``path``, fsync the folder (so the rename itself survives a crash).
+    A file under its final name is therefore always complete. A failed write removes the temp file
+    and raises OutputWriteError naming ``path``, ``what`` it is and the OS's reason."""
+    path = Path(path)
     tmp = _temp_path(path)
     recorder = None
     try:
@@ -177,17 +181,17 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             # the OS's reason ("No space left on device", "File too large") when there was one
             cause = recorder.error if recorder is not None and recorder.error is not None else exc
             reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _reason(cause)
-            raise OutputWriteError(f"{path}: cannot write feature file ({reason})") from exc
+            raise OutputWriteError(f"{path}: cannot write {what} ({reason})") from exc
         raise  # KeyboardInterrupt and friends propagate unchanged
     _fsync_dir(path.parent)
+    return path
 
 
 def save_object(obj: Any, path: str | os.PathLike) -> Path:
     """Atomically `torch.save` any object of tensors and plain values (a probe, a training state)
     with the same temp file, fsync and rename as feature files: a file under its name is complete."""
     path = Path(path)
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-    return path
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _load_pickle_free(path: Path) -> Any:
@@ -264,7 +268,7 @@ def save_features(record: dict, path: str | os.PathLike, fmt: str | None = None)
         def write(handle: BinaryIO) -> None:
             handle.write(safetensors_save(tensors, metadata=metadata))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     logger.debug("wrote %s", path)
     return path
 
@@ -329,7 +333,7 @@ def save_chunk(chunk: dict, path: str | os.PathLike) -> Path:
         payload[key] = {
             k: _prepare_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in entry.items()
         }
-    _atomic_write(path, lambda handle: torch.save(payload, handle))
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     logger.debug("wrote chunk %s (%d entries)", path, len(payload))
     return path
 

@@ -5,20 +5,28 @@ place (the model actually loaded), never from hard-coded numbers.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import torch
 
 from src.device import resolve_device, resolve_dtype
+from src.errors import ConfigError
 from src.models.compile import CompiledForward
 from src.models.weights import load_encoder, model_info
-from src.spatial import DEFAULT_MAX_TOKENS, SpatialPlan, check_spatial_options
+from src.options import EncoderOptions
+from src.spatial import SpatialPlan
 
 logger = logging.getLogger(__name__)
 
 
 LAYER_CHOICES = ("last", "hierarchical")
+
+
+class FeatureOverflowError(ConfigError):
+    """Features came out inf/NaN (fp16 compute overflows at 65504 inside a deep ViT): the run stops
+    before anything of that batch is stored (exit 2: rerun with --dtype bf16 or fp32)."""
 
 
 def parse_layers(text: str) -> str | list[int]:
@@ -59,45 +67,28 @@ def to_device_keep_broadcast(x: torch.Tensor, device: torch.device, dtype: torch
     return compact.to(device, dtype=dtype, non_blocking=True).expand(x.shape)
 
 
-def dtype_name(dtype: str | None, use_fp16: bool = False) -> str:
-    """The compute-dtype name for the extractor classes, which take the seed's `use_fp16` flag
-    beside `dtype`: None → "fp16" with `use_fp16`, else "auto". Both given and disagreeing is
-    an error rather than one silently winning."""
-    if dtype is None:
-        return "fp16" if use_fp16 else "auto"
-    if use_fp16 and dtype != "fp16":
-        raise ValueError(f"use_fp16=True contradicts dtype={dtype!r}; pass one of them")
-    return dtype
-
-
 class ClipEncoder:
     """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU.
 
     Args:
-        spec: model spec (see `src.models.weights.load_encoder`).
-        device: "auto", "cpu", "cuda", "cuda:N".
-        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
-        img_size: crop size; default from the model's config (256 for bare .pt files).
-        checkpoint_key: entry of an original .pt to load (None: the one Meta's code reads).
-        compile: run the forward pass through `torch.compile` (off by default: see
-            bench/PERFORMANCE.md for what it gains and what the first call costs).
-        spatial: "center" (the original centre crop) or "full" (the whole frame; see src/spatial.py).
-        short_side: `full`: the short side frames are resized to (default: the crop size).
-        max_tokens: the most tokens per clip accepted (`check_tokens`); None: no limit.
-        layers: what is stored: "last" (the model's default output), "hierarchical" (the 4
-            levels concatenated on channels, 4·D: 2.1's `return_hierarchical`; for 2.0 the same
-            blocks through its one `norm`) or a list of block indices (`out_layers` semantics:
-            each normed as the generation does it, concatenated on channels in the given order).
-        num_heads: head count of an original .pt whose shapes cannot tell it (see load_encoder).
+        options: an `EncoderOptions` (model spec, device, dtype, crop, layers, spatial, ...), or the
+            model spec, with the options' other fields as keywords (`ClipEncoder("random:tiny",
+            device="cpu", img_size=32)`; a misspelled field is a TypeError). `layers`: "last" (the
+            model's default output), "hierarchical" (the 4 levels concatenated on channels, 4·D:
+            2.1's `return_hierarchical`; for 2.0 the same blocks through its one `norm`) or block
+            indices (`out_layers` semantics: each normed as the generation does it, concatenated on
+            channels in the given order).
     """
 
-    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", img_size: int | None = None,
-                 checkpoint_key: str | None = None, compile: bool = False, layers: str | list[int] = "last",
-                 num_heads: int | None = None, spatial: str = "center", short_side: int | None = None,
-                 max_tokens: int | None = DEFAULT_MAX_TOKENS):
-        check_spatial_options(spatial, short_side, max_tokens)  # before minutes of model loading
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+    def __init__(self, options: EncoderOptions | str, **fields):
+        if isinstance(options, str):
+            options = EncoderOptions(model=options, **fields)
+        elif fields:
+            options = dataclasses.replace(options, **fields)
+        self.options = options
+        spec, img_size, spatial = options.model, options.img_size, options.spatial
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
         if self.device.type == "cpu" and self.dtype != torch.float32:
             logger.warning("%s on CPU is usually slower than fp32 here; use --dtype fp32 for speed", self.dtype)
         self.spec = spec
@@ -105,8 +96,9 @@ class ClipEncoder:
             # the current device is where DataLoader pin-memory threads and un-indexed CUDA calls
             # land: make it ours, or every shard of a torchrun/srun job also opens a context on GPU 0
             torch.cuda.set_device(self.device)
-        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=checkpoint_key, device=self.device,
-                                  dtype=self.dtype, num_heads=num_heads)
+        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=options.checkpoint_key, device=self.device,
+                                  dtype=self.dtype, num_heads=options.num_heads)
+        layers = options.layers
         self.layers = parse_layers(layers) if isinstance(layers, str) else [int(i) for i in layers]
         if self.layers == "hierarchical":
             self.layer_indices = list(self.model.hierarchical_layers)
@@ -115,15 +107,17 @@ class ClipEncoder:
         else:
             self.layer_indices = self.model.resolve_layers(self.layers)  # raises for blocks the model lacks
         self._warned_nonfinite = False
-        self.compiled = bool(compile)
+        self.compiled = bool(options.compile)
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
         self._forward = CompiledForward(self.model) if self.compiled else self.model.forward_features
         self.crop = self.model.img_size
-        self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size, short_side,
-                                   max_tokens, image_path_frames=self.model.img_temporal_dim_size)
+        self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size,
+                                   options.short_side, options.max_tokens,
+                                   image_path_frames=self.model.img_temporal_dim_size)
         self.transform = self.spatial.transform()
-        coverage = f"crop {self.crop}" if spatial == "center" else f"whole frame at short side {self.spatial.short_side}"
+        coverage = (f"crop {self.crop}" if spatial == "center"
+                    else f"whole frame at short side {self.spatial.short_side}")
         logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, %s, %s on %s; storing %s (%d wide)",
                     spec, self.model.generation, self.model.embed_dim, self.model.depth, self.model.num_heads,
                     coverage, str(self.dtype).removeprefix("torch."), self.device, self.output_kind
@@ -169,6 +163,19 @@ class ClipEncoder:
             logger.warning("features contain inf/NaN with %s compute (overflow): use --dtype bf16 or fp32",
                            str(self.dtype).removeprefix("torch."))
         return feats.cpu()
+
+    def check_finite(self, features: torch.Tensor, names: list[str]) -> None:
+        """Refuse to let inf/NaN features be stored: raises FeatureOverflowError naming the first
+        item of `names` (one per row of `features` [B, N, D]) whose features are not finite."""
+        finite = torch.isfinite(features).flatten(1).all(1)  # [B]
+        if bool(finite.all()):
+            return
+        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
+        more = f" (and {len(bad) - 1} more in its batch)" if len(bad) > 1 else ""
+        dtype = str(self.dtype).removeprefix("torch.")
+        hint = "rerun with --dtype bf16 or fp32" if self.dtype == torch.float16 else "check the model and the input"
+        raise FeatureOverflowError(f"{bad[0]}: features contain inf/NaN with {dtype} compute{more}; nothing of this "
+                                   f"batch was stored: {hint}")
 
     def describe(self, num_frames: int, image_hw: tuple[int, int] | None = None) -> dict:
         """`model_info` for feature files: the seed's keys plus the loaded model's architecture.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,21 @@ def select_shard(items: Iterable, index: int, count: int) -> list:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: expected 0 <= index < count")
     return sorted(items)[index::count]
+
+
+def balance_by_weight(weights: Sequence[int], count: int) -> list[int]:
+    """The shard of each item, so that the shards' total weights are as even as whole items allow:
+    the heaviest item first, each to the lightest shard so far (ties: the lower shard). The result
+    depends only on the weights, so every process computes the same split; the heaviest shard ends
+    at most one item's weight above the lightest."""
+    if count < 1:
+        raise ValueError(f"shard count must be >= 1, got {count}")
+    loads, owners = [0] * count, [0] * len(weights)
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        owner = min(range(count), key=lambda k: (loads[k], k))
+        owners[i] = owner
+        loads[owner] += weights[i]
+    return owners
 
 
 def _local_rank(environ: Mapping[str, str]) -> int:

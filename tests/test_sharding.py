@@ -260,3 +260,16 @@ def test_local_device_bad_local_rank(fake_cuda):
     fake_cuda(2)
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         sharding.local_device("auto", environ={"LOCAL_RANK": "gpu0"})
+
+
+def test_balance_by_weight_is_even_within_one_item_and_the_same_everywhere():
+    weights = [1, 2, 3, 4, 5, 2, 4]
+    owners = sharding.balance_by_weight(weights, 3)
+    loads = [sum(w for w, o in zip(weights, owners) if o == k) for k in range(3)]
+    assert owners == [2, 2, 1, 1, 0, 0, 2] and loads == [7, 7, 7]  # 5+2, 4+3, 4+2+1
+    assert max(loads) - min(loads) <= max(weights)
+    assert sharding.balance_by_weight(weights, 3) == owners  # every process computes the same split
+    assert sharding.balance_by_weight([0, 0, 5], 2) == [1, 1, 0]  # the heaviest first, ties to the lower shard
+    assert sharding.balance_by_weight([], 4) == []
+    with pytest.raises(ValueError, match="shard count must be >= 1"):
+        sharding.balance_by_weight([1], 0)

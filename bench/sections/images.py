@@ -9,7 +9,7 @@ from bench.sections import Settings
 
 
 def bench_images(model: str, device: str, count: int, batch_size: int, reps: int, tmp: Path) -> dict:
-    from vjepa2_extractor import VJEPA2Extractor
+    from src.extract.seed import VJEPA2Extractor
 
     images = make_frames(tmp / "images", count)
     extractors = {f: VJEPA2Extractor(model_name=model, device=device, image_frames=f) for f in (2, 16)}

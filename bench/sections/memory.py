@@ -16,7 +16,7 @@ _MEMORY_CHILD = textwrap.dedent("""
     import json, logging, resource, sys
     sys.path.insert(0, {repo!r})
     logging.disable(logging.WARNING)
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
     ex = SequentialVJEPA2Extractor({model!r}, device="cpu", img_size={img}, batch_size=1, overwrite=True)
     summary = ex.process_frame_directory({frames!r}, {out!r}, last_frame={last})
     assert summary["ok"] == {windows}, summary

@@ -26,7 +26,7 @@ def bench_pipeline(model: str, device: str, windows: int, batch_size: int, reps:
     """Windows/s of: encode() of ready clips, the naive loop, and the extractor with each
     (DataLoader workers, torch threads in the main process) configuration."""
     from src.windows import default_num_workers
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
 
     frames = make_frames(tmp / "frames", windows * WINDOW)
     encoder = ClipEncoder(model, device=device)

@@ -14,7 +14,7 @@ def bench_spatial(model: str, device: str, windows: int, reps: int, tmp: Path, i
     (640×360) with `--spatial center` and `full`; tokens per window, frame area covered, tokens/s."""
     from src.features import load_features
     from src.spatial import SPATIAL_MODES
-    from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
+    from src.extract.seed import SequentialVJEPA2Extractor
 
     make_frames(tmp / "frames_16x9", windows * WINDOW)
     extractors = {m: SequentialVJEPA2Extractor(model, device=device, img_size=img_size, spatial=m, overwrite=True)

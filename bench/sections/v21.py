@@ -15,7 +15,7 @@ def bench_v21(depth: int, device: str, reps: int, image_count: int, tmp: Path) -
     """V-JEPA 2.1 vs 2.0 at ViT-L width and the same depth (one 16-frame 256 px clip: what 2.1's
     modality embedding, interleaved and interpolated RoPE and level norm cost), and 2.1's
     1-frame image path vs images repeated to 16 (and 2) frames, in images/s."""
-    from vjepa2_extractor import VJEPA2Extractor
+    from src.extract.seed import VJEPA2Extractor
 
     encoders = {gen: ClipEncoder(f"random:{arch},depth={depth}", device=device, img_size=CLIP[1])
                 for gen, arch in (("2.0", "vit_large"), ("2.1", "vjepa2_1_vit_large"))}

@@ -1,0 +1,105 @@
+"""A run's pictures and videos, streamed window by window: PNGs per temporal token and one
+animation frame per source frame (overlays of the projected token colours on the region the
+features cover; stacked or side-by-side views), written by `vjepa2_pipeline.py`."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
+from src.visualize import FrameSource, frame_label, iter_feature_items, token_grids, write_token_pictures
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PictureOptions:
+    """How the pictures look: overlay opacity, frame labels, originals saved, one combined video."""
+
+    alpha: float = 0.5
+    annotate: bool = False
+    original_images: bool = False
+    combined: bool = False  # one side-by-side video of all views instead of one per view
+
+
+def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, options: PictureOptions,
+           fps: float, timings: dict) -> list[Path]:
+    """Stream windows: PNGs per temporal token, one animation frame per source frame. `todo`: the
+    methods, PNGs, video views and formats asked for. Adds the seconds spent projecting tokens to
+    colours to `timings["transform_s"]`."""
+    written: list[Path] = []
+    timings.setdefault("transform_s", 0.0)
+    source = FrameSource()
+    emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
+    with ExitStack() as stack:
+        writers: dict[str, list[VideoWriter]] = {}
+        names = ["combined"] if options.combined and todo["views"] else todo["views"]
+        for name in names:
+            writers[name] = []
+            for fmt in todo["formats"]:
+                path = out / "videos" / f"{name}.{fmt}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
+                written.append(path)
+        for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
+                         disable=None):
+            meta = item.metadata
+            start = time.perf_counter()
+            grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
+            timings["transform_s"] += time.perf_counter() - start
+            ids, frames = source.frames(item)
+            box = meta["crop_box"]
+            for m in todo["pngs"]:
+                written += write_token_pictures(item, grids[m], ids, frames, out, m, options.alpha,
+                                                annotate_frames=options.annotate)
+            for pos, (frame_id, frame) in enumerate(zip(ids, frames)):
+                if frame_id in emitted:
+                    continue
+                emitted.add(frame_id)
+                label = frame_label(meta, frame_id, pos) if options.annotate else None
+                original = annotate(frame, label) if label else frame
+                if options.original_images:
+                    written.append(write_png(original, out / "original" / f"frame_{frame_id:06d}.png"))
+                if not writers:
+                    continue
+                t = pos // 2  # each temporal token covers 2 source frames
+                overlays = {m: overlay(frame, grids[m][t], box, options.alpha) for m in todo["methods"]}
+                if label:
+                    overlays = {m: annotate(img, f"{m.upper()}  {label}") for m, img in overlays.items()}
+                views = {m: overlays[m] for m in ("umap", "pca") if m in todo["views"]}
+                if "stacked" in todo["views"]:
+                    views["stacked"] = stack_vertical([original, side_by_side(list(overlays.values()))], align="center")
+                if "combined" in writers:
+                    composed = {"combined": side_by_side(list(views.values()))}
+                else:
+                    composed = views
+                for name, image in composed.items():
+                    for writer in writers[name]:
+                        writer.append(image)
+    source.close()
+    return written
+
+
+def video_fps(feature_files: list[Path], fps: float | None, frame_step: int) -> float:
+    """`fps` (--video_fps), else the video's frame rate over `frame_step`, else 10."""
+    first_meta = next(iter_feature_items(feature_files[:1])).metadata
+    if fps:
+        return fps
+    return first_meta["fps"] / frame_step if first_meta.get("source_type") == "video" else 10.0
+
+
+def warn_leftovers(out: Path, pictures: list[Path]) -> None:
+    """Say which picture files in `out` this run did not write (an earlier run with other flags or
+    windows): they stay on disk but are not in this run's package."""
+    written = set(pictures)
+    kinds = [f"{m}_{k}" for m in ("umap", "pca") for k in ("projection", "overlay")] + ["original", "videos"]
+    for kind in kinds:
+        stale = [p for p in sorted((out / kind).glob("*")) if p.is_file() and p not in written]
+        if stale:
+            logger.warning("%s: %d file(s) from an earlier run (e.g. %s) are not in this run's package; "
+                           "delete them if unwanted", out / kind, len(stale), stale[0].name)
