@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from src import frames
+from src.media import decord_backend
 
 
 # --------------------------------------------------------------------------- helpers
@@ -401,7 +402,7 @@ def test_out_of_range_index(synthetic_video, backend):
 
 
 def test_auto_falls_back_to_pyav_without_decord(synthetic_video, monkeypatch):
-    monkeypatch.setattr(frames, "_import_decord", lambda: None)
+    monkeypatch.setattr(decord_backend, "import_decord", lambda: None)
     with frames.VideoReader(synthetic_video) as vr:
         assert vr.backend == "pyav"
         assert vr.get_frames([3]).shape == (1, 48, 64, 3)
