@@ -28,6 +28,7 @@ from src import cli, embeddings_table, sharding
 from src.errors import ModelLoadError
 from src.features import Manifest, OutputWriteError, claim_output, is_complete, load_complete, save_features
 from src.frames import DEFAULT_FRAME_PATTERN, VideoReader, find_frames, find_gaps, read_image_size
+from src.media.sampling import sample_video
 from src.inference import ClipEncoder, dtype_name, stored_layers
 from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.spatial import DEFAULT_MAX_TOKENS, check_spatial_options
@@ -190,9 +191,10 @@ class SequentialVJEPA2Extractor:
 
     def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
                       batch_size: int | None = None, backend: str = "auto", first_frame: int | None = None,
-                      last_frame: int | None = None) -> dict:
+                      last_frame: int | None = None, sample_fps: float | None = None) -> dict:
         """Windows over every `frame_step`-th frame of a video (frame indices from 0, optionally only
-        `first_frame`..`last_frame`, inclusive) → `output_dir/window_NNNNN.<fmt>`."""
+        `first_frame`..`last_frame`, inclusive), or over `sample_fps` frames per second of video time
+        → `output_dir/window_NNNNN.<fmt>`."""
         video_path = Path(video_path)
         if frame_step <= 0:
             raise cli.UsageError(f"--frame_step must be positive, got {frame_step}")
@@ -208,15 +210,17 @@ class SequentialVJEPA2Extractor:
                 raise cli.UsageError(f"{video_path}: --first_frame {start} is past the last frame "
                                      f"({reader.num_frames - 1})")
             stop = reader.num_frames if last_frame is None else min(last_frame + 1, reader.num_frames)
-            indices = list(range(start, stop, frame_step))
+            sampled = sample_video(reader, frame_step, sample_fps, first_frame, last_frame)
+            indices, timestamps = sampled.indices, sampled.timestamps
             fps = reader.fps
-            # float32 noise (8.960000038146973) would read as a real sub-microsecond offset
-            timestamps = [round(t, 6) for t in reader.timestamps(indices)]
-            frame_hw = (reader.height, reader.width)
+            frame_hw = (reader.height, reader.width)  # as displayed (rotation applied)
+            read_as = {**reader.metadata(), "sample_fps": sample_fps}
         span = f"frames {start}..{stop - 1}, " if first_frame is not None or last_frame is not None else ""
-        self._check_length(len(indices), f"{video_path}: {len(indices)} frames ({span}frame_step {frame_step})")
+        chosen = f"sample_fps {sample_fps}" if sample_fps else f"frame_step {frame_step}"
+        self._check_length(len(indices), f"{video_path}: {len(indices)} frames ({span}{chosen})")
         windows = plan_windows(len(indices), self.window, stride or self.stride, self.tail)
-        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.transform, backend=backend,
+        dataset = VideoWindowDataset(video_path, indices, windows, self.encoder.transform,
+                                     backend=read_as["video_backend"],
                                      min_side=self.encoder.model.patch_size)
 
         def metadata(window, image_hw):
@@ -226,6 +230,7 @@ class SequentialVJEPA2Extractor:
                 "video_path": str(video_path.resolve()),
                 "fps": fps,
                 "frame_step": frame_step,
+                **read_as,  # backend, coded size, rotation, flip; sample_fps
                 "frame_numbers": used,
                 "timestamps": [timestamps[p] for p in window.positions],
                 "start_frame": indices[window.real_positions[0]],
@@ -267,11 +272,11 @@ class SequentialVJEPA2Extractor:
         found = {"input": Path(found_input).name if found_input else expected_input,
                  "model": meta.get("model"), "img_size": info.get("img_size"),
                  "spatial": meta.get("spatial", "center"),  # files from before --spatial are centre crops
-                 "frames": meta.get("frame_numbers"),
+                 "frames": meta.get("frame_numbers"), "sample_fps": meta.get("sample_fps"),
                  "layers": stored_layers(info)}
         expected = {"input": expected_input,
                     "model": self.model_name, "img_size": self.encoder.crop, "spatial": plan.mode,
-                    "frames": expected_meta["frame_numbers"],
+                    "frames": expected_meta["frame_numbers"], "sample_fps": expected_meta.get("sample_fps"),
                     "layers": stored_layers(self.encoder.describe(self.window))}
         if plan.mode == "full" and found["spatial"] == "full":
             found["short_side"], expected["short_side"] = meta.get("short_side"), plan.short_side
@@ -437,7 +442,7 @@ class SequentialVJEPA2Extractor:
 
 # ---------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser()],
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser(), cli.video_parser(sampling=True)],
                                 formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument("--frame_dir", action="append", default=[], help="folder of numbered frames (repeatable)")
@@ -556,7 +561,8 @@ def _run_inputs(extractor, inputs, output_root: Path, args, shard, totals: dict)
                 summary = extractor.process_frame_directory(path, out, args.first_frame, args.last_frame)
             else:
                 summary = extractor.process_video(path, out, frame_step=args.frame_step,
-                                                  first_frame=args.first_frame, last_frame=args.last_frame)
+                                                  first_frame=args.first_frame, last_frame=args.last_frame,
+                                                  backend=args.video_backend, sample_fps=args.sample_fps)
         except (OutputWriteError, ModelLoadError, embeddings_table.TableConfigError):
             raise  # a full disk, a write error, no model or a table of another run stops the run (finished outputs stay intact)
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on
