@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Video decoding per backend: seconds of decode per minute of video, first and last window.
+
+    python bench/decode.py            # 60 s of 1080p and 30 s of 480x270 (world.mp4-sized)
+    python bench/decode.py --quick    # 8 s and 10 s
+
+Clips: ffmpeg's `testsrc2` pattern (moving), H.264 yuv420p, 30 fps, a keyframe every 2 s (what
+cameras write), encoded here with imageio-ffmpeg's binary. Each backend (src.media.video) reads
+every 16-frame window in order, as the sequential extractor does, through one VideoReader: "s per
+min" is the decode time of all windows scaled to one minute of video, "first s" / "last s" the
+first and the last window's time (flat = linear decoding), "decoded" the frames the decoder
+produced for the last window (PyAV counts them; decord says only what it returned). Converting
+to RGB is included; resizing and normalising are not (the encoder's transform does them).
+Wall time on this machine, one process, the decoders' own threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.media.decord_backend import import_decord  # noqa: E402
+from src.media.video import VideoReader  # noqa: E402
+
+WINDOW = 16
+CLIPS = {  # name: (width, height, seconds full, seconds quick)
+    "1080p": (1920, 1080, 60, 8),
+    "480x270": (480, 270, 30, 10),
+}
+
+
+def make_clip(path: Path, width: int, height: int, seconds: int, fps: int = 30) -> Path:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}", "-c:v", "libx264",
+                    "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", str(2 * fps), str(path)], check=True)
+    return path
+
+
+def backends() -> list[str]:
+    return (["decord"] if import_decord() is not None else []) + ["pyav"]
+
+
+def measure(path: Path, backend: str) -> dict:
+    """Every window of WINDOW frames in order through one reader."""
+    opened = time.perf_counter()
+    with VideoReader(path, backend=backend) as reader:
+        open_s = time.perf_counter() - opened
+        starts = list(range(0, reader.num_frames - WINDOW + 1, WINDOW))
+        times, decoded = [], []
+        for start in starts:
+            before, t0 = reader.decoded_frames, time.perf_counter()
+            reader.get_frames(range(start, start + WINDOW))
+            times.append(time.perf_counter() - t0)
+            decoded.append(reader.decoded_frames - before)
+        seconds = reader.num_frames / reader.fps
+    total = open_s + sum(times)
+    return {"windows": len(starts), "open_s": round(open_s, 3), "total_s": round(total, 2),
+            "s_per_min": round(total * 60 / seconds, 2), "first_s": round(times[0], 4),
+            "last_s": round(times[-1], 4), "last_decoded": decoded[-1],
+            "frames_per_s": round(len(starts) * WINDOW / sum(times), 1)}
+
+
+def run(quick: bool) -> dict:
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+               "window": WINDOW, "quick": quick, "clips": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (width, height, full_s, quick_s) in CLIPS.items():
+            seconds = quick_s if quick else full_s
+            clip = make_clip(Path(tmp) / f"{name}.mp4", width, height, seconds)
+            results["clips"][name] = {"seconds": seconds, "size": f"{width}x{height}", "fps": 30,
+                                      "backends": {b: measure(clip, b) for b in backends()}}
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| clip | backend | s per min of video | first window s | last window s | decoded (last) | frames/s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, clip in results["clips"].items():
+        for backend, r in clip["backends"].items():
+            lines.append(f"| {name} ({clip['seconds']} s) | {backend} | {r['s_per_min']} | {r['first_s']} | "
+                         f"{r['last_s']} | {r['last_decoded']} | {r['frames_per_s']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short clips")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    print(markdown(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
