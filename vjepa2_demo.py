@@ -36,7 +36,7 @@ SAMPLE_VIDEO = ("nateraw/kinetics-mini", "val/archery/-Qz25rXdMjE_000014_000024.
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, parents=[cli.video_parser()])
     p.add_argument("--hf_model", default="facebook/vjepa2-vitg-fpc64-384",
                    help="hub id or local directory, loaded with transformers.AutoModel ('none' to skip)")
     p.add_argument("--pt_model", default=None,
@@ -92,9 +92,9 @@ def find_video(video: str | None) -> Path:
         ) from None
 
 
-def read_clip(path: Path, num_frames: int) -> np.ndarray:
+def read_clip(path: Path, num_frames: int, backend: str = "auto") -> np.ndarray:
     """`num_frames` frames, every 2nd one from the start; spread evenly if the video is shorter."""
-    with VideoReader(path) as reader:
+    with VideoReader(path, backend=backend) as reader:
         indices = np.arange(0, 2 * num_frames, 2)
         if indices[-1] >= reader.num_frames:
             logger.warning("%s has %d frames, fewer than %d: sampling %d frames evenly instead",
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if probe.num_classes != len(classes):
             raise cli.UsageError(f"{args.classes}: {len(classes)} class names but the probe has {probe.num_classes} classes")
 
-    frames = read_clip(video, args.num_frames)
+    frames = read_clip(video, args.num_frames, args.video_backend)
     clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]
     print(f"Video: {video} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}), crop {crop}")
 
