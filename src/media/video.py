@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from src.errors import ConfigError, InputError
-from src.media import decord_backend
+import src.media.decord_backend as decord_backend
 from src.media.orientation import IDENTITY, Orientation
 from src.media.pyav_backend import PyAVBackend, probe_display_matrix
 
