@@ -95,8 +95,8 @@ def video_parser(sampling: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("video decoding")
     group.add_argument("--video_backend", choices=VIDEO_BACKENDS, default="auto",
-                       help="decoder: auto (decord where installed and able to read the file, else PyAV), decord "
-                            "or pyav; every backend shows frames turned as the file's display matrix says")
+                       help="decoder: auto (PyAV; decord where PyAV cannot open the file), pyav or decord; every "
+                            "backend turns frames as the file's display matrix says (bench/decode.py)")
     if sampling:
         group.add_argument("--sample_fps", type=_positive_float, default=None,
                            help="sample F frames per second of video time (from presentation timestamps, "

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from src import frames
-from src.media import decord_backend
+from src.media import decord_backend, video
 
 
 # --------------------------------------------------------------------------- helpers
@@ -411,8 +411,10 @@ def test_auto_falls_back_to_pyav_without_decord(synthetic_video, monkeypatch):
 
 
 @pytest.mark.skipif(not _decord_available(), reason="decord not installed")
-def test_narrow_video_decord_cannot_copy_falls_back_to_pyav(tmp_path, caplog):
-    """decord 0.6 opens a 48 px wide video but fails on every frame copy; "auto" must use PyAV."""
+def test_narrow_video_decord_cannot_copy_falls_back_to_pyav(tmp_path, caplog, monkeypatch):
+    """decord 0.6 opens a 48 px wide video but fails on every frame copy; "auto" must use PyAV
+    (also where decord is tried first)."""
+    monkeypatch.setattr(video, "AUTO_ORDER", ("decord", "pyav"))
     path = tmp_path / "narrow.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=10)
