@@ -34,7 +34,7 @@ from src.models.weights import DEFAULT_HUB_MODEL, resolve_spec_kind
 from src.spatial import DEFAULT_MAX_TOKENS, check_spatial_options
 from src.windows import (
     TAIL_MODES, FrameWindowDataset, VideoWindowDataset, batches_by_key, collate_windows, default_num_workers,
-    plan_windows, temporal_mapping, worker_init,
+    plan_windows, temporal_mapping, worker_init, worker_order,
 )
 
 logger = logging.getLogger("vjepa2_sequential_extractor")
@@ -371,6 +371,8 @@ class SequentialVJEPA2Extractor:
         # one grid per batch: with `full`, windows are batched by frame size (a video has one)
         batches = batches_by_key([self.encoder.spatial.batch_key(sizes[i] if sizes else None) for i in pending],
                                  batch_size or self.batch_size)
+        if isinstance(dataset, VideoWindowDataset):  # each worker's decoder reads its windows in order
+            batches = worker_order(batches, self.num_workers)
         loader = DataLoader(Subset(dataset, pending), batch_sampler=batches,
                             num_workers=self.num_workers, collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")

@@ -11,7 +11,8 @@ min" is the decode time of all windows scaled to one minute of video, "first s" 
 first and the last window's time (flat = linear decoding), "decoded" the frames the decoder
 produced for the last window (PyAV counts them; decord says only what it returned). Converting
 to RGB is included; resizing and normalising are not (the encoder's transform does them).
-Wall time on this machine, one process, the decoders' own threads.
+Each backend runs in a fresh process: "peak MB" is its peak resident memory (ru_maxrss) minus
+that after the imports. Wall time on this machine, the decoders' own threads.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,15 @@ def backends() -> list[str]:
 
 
 def measure(path: Path, backend: str) -> dict:
+    """`measure_here` in a fresh interpreter (its own peak memory)."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", backend, str(path)], capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_here(path: Path, backend: str) -> dict:
     """Every window of WINDOW frames in order through one reader."""
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     opened = time.perf_counter()
     with VideoReader(path, backend=backend) as reader:
         open_s = time.perf_counter() - opened
@@ -67,7 +77,8 @@ def measure(path: Path, backend: str) -> dict:
     return {"windows": len(starts), "open_s": round(open_s, 3), "total_s": round(total, 2),
             "s_per_min": round(total * 60 / seconds, 2), "first_s": round(times[0], 4),
             "last_s": round(times[-1], 4), "last_decoded": decoded[-1],
-            "frames_per_s": round(len(starts) * WINDOW / sum(times), 1)}
+            "frames_per_s": round(len(starts) * WINDOW / sum(times), 1),
+            "peak_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024)}
 
 
 def run(quick: bool) -> dict:
@@ -83,12 +94,12 @@ def run(quick: bool) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| clip | backend | s per min of video | first window s | last window s | decoded (last) | frames/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| clip | backend | s per min of video | first window s | last window s | decoded (last) | frames/s | peak MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, clip in results["clips"].items():
         for backend, r in clip["backends"].items():
             lines.append(f"| {name} ({clip['seconds']} s) | {backend} | {r['s_per_min']} | {r['first_s']} | "
-                         f"{r['last_s']} | {r['last_decoded']} | {r['frames_per_s']} |")
+                         f"{r['last_s']} | {r['last_decoded']} | {r['frames_per_s']} | {r['peak_mb']} |")
     return "\n".join(lines)
 
 
@@ -96,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short clips")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "CLIP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure_here(Path(args.worker[1]), args.worker[0])))
+        return 0
     results = run(args.quick)
     print(markdown(results))
     if args.json:
