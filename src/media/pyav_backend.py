@@ -169,6 +169,7 @@ class PyAVBackend:
 
     def _decode_to(self, target: int) -> np.ndarray:
         self._position_before(target)
+        retried = False
         while True:
             frame = self._next()
             if frame is None:
@@ -177,7 +178,11 @@ class PyAVBackend:
             if self._last == target:
                 return frame.to_ndarray(format="rgb24")
             if self._last > target:
-                raise InputError(f"{self.path}: cannot read video (frame {target} is not decodable)")
+                if retried:
+                    raise InputError(f"{self.path}: cannot read video (frame {target} is not decodable)")
+                # a seek landed past it (an index that misplaces keyframes): decode from the start
+                self._restart()
+                retried = True
 
     def timestamps(self, indices: list[int]) -> list[float] | None:
         return None if self._seconds is None else [self._seconds[i] for i in indices]
