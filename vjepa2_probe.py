@@ -86,7 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch_size", type=int, default=32, help="views per forward pass")
     evaluate.add_argument("--top_k", type=int, default=5, help="labels per clip in predictions.csv")
 
-    predict = commands.add_parser("predict", parents=[device], formatter_class=cli.HelpFormatter,
+    predict = commands.add_parser("predict", parents=[device, cli.video_parser()], formatter_class=cli.HelpFormatter,
                                   help="feature folders/files → CSV of top-k labels",
                                   description="Classify stored features with a probe.")
     predict.add_argument("--probe", required=True)
@@ -250,7 +250,8 @@ def classify_raw_inputs(probe, args) -> tuple[list[str], list[int], torch.Tensor
     names, views, probs = [], [], []
     for entry in args.inputs:
         try:
-            feats = encode_raw_input(Path(entry), encoder, window, probe.extraction.get("frame_step", 1), args.batch_size)
+            feats = encode_raw_input(Path(entry), encoder, window, probe.extraction.get("frame_step", 1), args.batch_size,
+                                     args.video_backend)
         except (ValueError, OSError) as exc:
             raise cli.UsageError(str(exc) if str(exc).startswith(entry) else f"{entry}: {exc}") from None
         with torch.inference_mode():

@@ -634,7 +634,8 @@ class ProbeTrainer:
 
 
 # ----------------------------------------------------------------------------- raw inputs
-def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_size: int) -> torch.Tensor:
+def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_size: int,
+                     video_backend: str = "auto") -> torch.Tensor:
     """Views `[windows, N, D]` of a video, frame folder or image, extracted in memory as the
     extractors would (windows of `window` frames, the tail padded; an image repeated to `window`)."""
     from src.frames import IMAGE_EXTENSIONS, VideoReader, find_frames, load_image
@@ -650,9 +651,10 @@ def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_si
         dataset = FrameWindowDataset(frames, plan_windows(len(frames), window), encoder.transform,
                                      min_side=encoder.model.patch_size)
     else:
-        with VideoReader(path) as reader:
-            indices = list(range(0, reader.num_frames, frame_step))
+        with VideoReader(path, backend=video_backend) as reader:
+            indices, video_backend = list(range(0, reader.num_frames, frame_step)), reader.backend
         dataset = VideoWindowDataset(path, indices, plan_windows(len(indices), window), encoder.transform,
+                                     backend=video_backend,
                                      min_side=encoder.model.patch_size)
     views = []
     for start in range(0, len(dataset), batch_size):

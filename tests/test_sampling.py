@@ -127,3 +127,12 @@ def test_cli_refuses_a_bad_rate(clips, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([*MODEL, "--video", str(clips[8]), "--output_dir", str(tmp_path), "--sample_fps", "-1"])
     assert info.value.code == 2 and "must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_video_backend_is_used_and_recorded(clips, backend, tmp_path):
+    out = tmp_path / "out"
+    assert main([*MODEL, "--video", str(clips[8]), "--output_dir", str(out), "--window", "8",
+                 "--video_backend", backend]) == 0
+    meta = load_features(out / "window_00000.pt")["metadata"]
+    assert meta["video_backend"] == backend and meta["coded_size"] == [48, 64] and meta["rotation"] == 0
