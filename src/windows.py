@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.frames import VideoReader, load_image
+from src.media import VideoReader, load_image
 
 logger = logging.getLogger(__name__)
 
