@@ -34,7 +34,7 @@ DEFAULT_CLASSES = HERE / "data" / "ssv2_classes.json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter, parents=[cli.video_parser()])
     p.add_argument("--hf_model", default="facebook/vjepa2-vitg-fpc64-384",
                    help="hub id or local directory, loaded with transformers.AutoModel ('none' to skip)")
     p.add_argument("--pt_model", default=None,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:  # every check before any video is decoded or any model is run
         probe = load_demo_probe(args.probe, ours, classes, classes_from, device)
 
-    frames = read_clip(video, args.num_frames)
+    frames = read_clip(video, args.num_frames, args.video_backend)
     clip = make_eval_transform(crop)(frames).unsqueeze(0).to(device)  # [1, C, T, H, W]
     print(f"Video: {video} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}), crop {crop}")
 

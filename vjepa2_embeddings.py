@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the rows already in the table")
 
     s = sub.add_parser("search", help="the k nearest rows of a query", formatter_class=cli.HelpFormatter,
-                       parents=[_device_parser()])
+                       parents=[_device_parser(), cli.video_parser()])
     s.add_argument("--table_dir", required=True)
     q = s.add_argument_group("query (exactly one)")
     q.add_argument("--row", help="row_id of a row of the table")
@@ -128,7 +128,7 @@ def run_search(args) -> int:
     else:
         queries = search.queries_from_media(table.config, image=args.image, video=args.video,
                                             start_frame=args.start_frame, frame_step=args.frame_step,
-                                            device=args.device, dtype=args.dtype)
+                                            device=args.device, dtype=args.dtype, video_backend=args.video_backend)
     import numpy as np
 
     scores, positions = search.top_k(table, np.stack([q.vector for q in queries]), args.k, args.block_rows)

@@ -36,7 +36,7 @@ logger = logging.getLogger("vjepa2_pipeline")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser()],
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser(), cli.video_parser(sampling=True)],
                                 formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("input and extraction")
     src.add_argument("--frame_dir", default=None, help="folder of numbered frames")
@@ -127,7 +127,8 @@ def extract(extractor: WindowRun, args, out: Path) -> dict:
         return extractor.process_frame_directory(args.frame_dir, out / "features", args.first_frame, args.last_frame)
     try:  # the extractor opens the video before it loads the model
         return extractor.process_video(args.video, out / "features", frame_step=args.frame_step,
-                                       first_frame=args.first_frame, last_frame=args.last_frame)
+                                       first_frame=args.first_frame, last_frame=args.last_frame,
+                                       backend=args.video_backend, sample_fps=args.sample_fps)
     except ValueError as exc:  # missing, empty or unreadable: the one input, so nothing to do
         if isinstance(exc, cli.UsageError):
             raise
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             files.update({f"embeddings/{p.name}": p for p in embeddings_table.part_files(extractor.table_dir)})
     metadata = {
         "inputs": {"frame_dir": args.frame_dir, "video": args.video, "first_frame": args.first_frame,
-                   "last_frame": args.last_frame, "frame_step": args.frame_step},
+                   "last_frame": args.last_frame, "frame_step": args.frame_step,
+                   "sample_fps": args.sample_fps},
         "model": args.model, "model_info": extractor.encoder.describe(args.window),
         "random_weights": extractor.encoder.model.is_random,
         "flags": {k: v for k, v in vars(args).items()}, "plan": todo, "video_fps": fps,

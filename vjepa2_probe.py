@@ -78,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch_size", type=int, default=32, help="views per forward pass")
     evaluate.add_argument("--top_k", type=int, default=5, help="labels per clip in predictions.csv")
 
-    predict = commands.add_parser("predict", parents=[device], formatter_class=cli.HelpFormatter,
+    predict = commands.add_parser("predict", parents=[device, cli.video_parser()], formatter_class=cli.HelpFormatter,
                                   help="feature folders/files → CSV of top-k labels",
                                   description="Classify stored features with a probe.")
     predict.add_argument("--probe", required=True)
@@ -144,7 +144,7 @@ def predict_command(args) -> int:
     sources = feature_sources(args.features)
     cli.check_output_dir(output.parent)
     count, views = predict(probe, sources, args.inputs, _runtime(args), output, args.top_k, listed(args.features, 3),
-                           model=args.model, checkpoint_key=args.checkpoint_key)
+                           model=args.model, checkpoint_key=args.checkpoint_key, video_backend=args.video_backend)
     print(f"done: {count} inputs ({views} views) classified → {output}")
     return cli.EXIT_OK
 

@@ -28,7 +28,8 @@ from src.windows import TAIL_MODES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser()],
+    p = argparse.ArgumentParser(description=__doc__, parents=[cli.common_parser(), cli.spatial_parser(),
+                                                              cli.video_parser(sampling=True)],
                                 formatter_class=cli.HelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument("--frame_dir", action="append", default=[], help="folder of numbered frames (repeatable)")
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     extractor = WindowRun(EncoderOptions.from_args(args), WindowRunOptions.from_args(args, shard))
     with embeddings_table.closing(extractor):  # buffered table rows are written however the loop ends
         totals, failed_inputs = run_inputs(extractor, inputs, output_root, first_frame=args.first_frame,
-                                           last_frame=args.last_frame, frame_step=args.frame_step)
+                                           last_frame=args.last_frame, frame_step=args.frame_step,
+                                           video_backend=args.video_backend, sample_fps=args.sample_fps)
     if extractor.store != "tokens":
         print(f"embeddings table: {extractor.table_dir} ({extractor.store}, {extractor.pooling.name})")
     print(f"done: {totals['ok']} windows written, {totals['skipped']} already complete, "

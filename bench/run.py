@@ -9,6 +9,7 @@ centre-crop features on a 16:9 clip, peak memory.
     python bench/run.py --only compile     # --compile vs eager: first-call cost, per-window gain
     python bench/run.py --only peers       # ours vs transformers, ONNX Runtime, OpenVINO (exact export)
     python bench/run.py --only pages       # the explorer page's library, in headless Chromium (opt-in)
+    python bench/run.py --only decode      # video decoding per backend, input pipeline per worker (opt-in)
     python bench/run.py --device cuda      # bf16 and fp16 encoder runs on the GPU, and the
                                            # model FLOPs utilisation of a full ViT-g/384 (bf16)
 
@@ -37,14 +38,15 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import load_average, machine_info, machine_line, write_results  # noqa: E402
 from bench.sections import (  # noqa: E402
-    CLIP, Settings, encoder, images, matmul, memory, mfu, pages, peers, pipeline, spatial, torch_compile, v21,
+    CLIP, Settings, decode, encoder, images, matmul, memory, mfu, pages, peers, pipeline, spatial, torch_compile, v21,
 )
 
 # name → section module, in the order of results.md (sections with RUN_FIRST run before the rest)
 SECTIONS = {"matmul": matmul, "encoder": encoder, "mfu": mfu, "compile": torch_compile, "pipeline": pipeline,
-            "images": images, "spatial": spatial, "v21": v21, "memory": memory, "peers": peers, "pages": pages}
+            "images": images, "spatial": spatial, "v21": v21, "memory": memory, "peers": peers, "pages": pages,
+            "decode": decode}
 DEFAULT_ORDER = ["memory", "matmul", "encoder", "peers", "compile", "pipeline", "images", "spatial", "v21", "mfu",
-                 "pages"]
+                 "pages", "decode"]
 log = logging.getLogger("bench")
 
 

@@ -86,11 +86,14 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
 
 
 def video_fps(feature_files: list[Path], fps: float | None, frame_step: int) -> float:
-    """`fps` (--video_fps), else the video's frame rate over `frame_step`, else 10."""
+    """`fps` (--video_fps), else the sampling rate (--sample_fps) or the video's frame rate over
+    `frame_step`, else 10."""
     first_meta = next(iter_feature_items(feature_files[:1])).metadata
     if fps:
         return fps
-    return first_meta["fps"] / frame_step if first_meta.get("source_type") == "video" else 10.0
+    if first_meta.get("source_type") != "video":
+        return 10.0
+    return first_meta.get("sample_fps") or first_meta["fps"] / frame_step
 
 
 def warn_leftovers(out: Path, pictures: list[Path]) -> None:

@@ -88,6 +88,33 @@ def spatial_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def video_parser(sampling: bool = False) -> argparse.ArgumentParser:
+    """Flags of the scripts that read videos: the decoder; with `sampling`, frames chosen by time."""
+    from src.media.video import VIDEO_BACKENDS
+
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("video decoding")
+    group.add_argument("--video_backend", choices=VIDEO_BACKENDS, default="auto",
+                       help="decoder: auto (PyAV; decord where PyAV cannot open the file), pyav or decord; every "
+                            "backend turns frames as the file's display matrix says (bench/decode.py)")
+    if sampling:
+        group.add_argument("--sample_fps", type=_positive_float, default=None,
+                           help="sample F frames per second of video time (from presentation timestamps, "
+                                "VFR-safe) instead of every --frame_step-th frame; --window and --stride "
+                                "count sampled frames")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _layers_arg(text: str) -> str:
     from src.inference import parse_layers
 

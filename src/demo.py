@@ -38,9 +38,9 @@ def find_video(video: str | None) -> Path:
         ) from None
 
 
-def read_clip(path: Path, num_frames: int) -> np.ndarray:
+def read_clip(path: Path, num_frames: int, backend: str = "auto") -> np.ndarray:
     """`num_frames` frames, every 2nd one from the start; spread evenly if the video is shorter."""
-    with VideoReader(path) as reader:
+    with VideoReader(path, backend=backend) as reader:
         indices = np.arange(0, 2 * num_frames, 2)
         if indices[-1] >= reader.num_frames:
             logger.warning("%s has %d frames, fewer than %d: sampling %d frames evenly instead",

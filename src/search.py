@@ -88,7 +88,8 @@ def queries_from_feature_file(path: str | os.PathLike, config: dict,
 
 
 def queries_from_media(config: dict, *, image: str | None = None, video: str | None = None, start_frame: int = 0,
-                       frame_step: int = 1, device: str = "auto", dtype: str = "auto") -> list[Query]:
+                       frame_step: int = 1, device: str = "auto", dtype: str = "auto",
+                       video_backend: str = "auto") -> list[Query]:
     """Encode an image (repeated to the table's clip length) or a clip of a video (the table's clip
     length from `start_frame`) with the table's model, pooled as its rows."""
     from src.inference import ClipEncoder
@@ -98,7 +99,7 @@ def queries_from_media(config: dict, *, image: str | None = None, video: str | N
                                "and pass it as a feature file")
     frames_per_clip = int(config["clip_frames"])
     if video is not None:
-        with VideoReader(video) as reader:
+        with VideoReader(video, backend=video_backend) as reader:
             indices = list(range(start_frame, start_frame + frames_per_clip * frame_step, frame_step))
             if start_frame < 0 or indices[-1] >= reader.num_frames:
                 raise TableConfigError(f"{video}: frames {indices[0]}..{indices[-1]} needed (the table's clips are "

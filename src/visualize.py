@@ -250,7 +250,8 @@ class FrameSource:
             if self._video is None or self._video.path != path:
                 if self._video is not None:
                     self._video.close()
-                self._video = VideoReader(path)
+                # the decoder that extracted the window (every backend turns frames the same way)
+                self._video = VideoReader(path, backend=meta.get("video_backend", "auto"))
             ids = meta["frame_numbers"][:real]
             return ids, list(self._video.get_frames(ids))
         if meta.get("frame_files"):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.frames import VideoReader, load_image
+from src.media import VideoReader, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,22 @@ def batches_by_key(keys: list, batch_size: int) -> list[list[int]]:
     for position, key in enumerate(keys):
         groups.setdefault(("unknown", position) if key is None else key, []).append(position)
     return [members[i:i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+
+
+def worker_order(batches: list[list[int]], num_workers: int) -> list[list[int]]:
+    """`batches` reordered so that each of `num_workers` DataLoader workers, which take batches in
+    turn (batch j goes to worker j mod W), gets one contiguous run of them: a video decoder in each
+    worker then reads its windows in order, in one pass, instead of skipping W−1 windows between
+    reads (decoding through them when no keyframe lies between). Every batch is kept, once."""
+    if num_workers <= 1 or len(batches) <= num_workers:
+        return list(batches)
+    size, extra = divmod(len(batches), num_workers)
+    blocks, start = [], 0
+    for w in range(num_workers):  # the first `extra` blocks one batch longer
+        end = start + size + (w < extra)
+        blocks.append(batches[start:end])
+        start = end
+    return [block[i] for i in range(size + 1) for block in blocks if i < len(block)]
 
 
 def collate_windows(items: list[dict]) -> dict:

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from src import frames
+from src.media import decord_backend, video
 
 
 # --------------------------------------------------------------------------- helpers
@@ -401,7 +402,7 @@ def test_out_of_range_index(synthetic_video, backend):
 
 
 def test_auto_falls_back_to_pyav_without_decord(synthetic_video, monkeypatch):
-    monkeypatch.setattr(frames, "_import_decord", lambda: None)
+    monkeypatch.setattr(decord_backend, "import_decord", lambda: None)
     with frames.VideoReader(synthetic_video) as vr:
         assert vr.backend == "pyav"
         assert vr.get_frames([3]).shape == (1, 48, 64, 3)
@@ -410,8 +411,10 @@ def test_auto_falls_back_to_pyav_without_decord(synthetic_video, monkeypatch):
 
 
 @pytest.mark.skipif(not _decord_available(), reason="decord not installed")
-def test_narrow_video_decord_cannot_copy_falls_back_to_pyav(tmp_path, caplog):
-    """decord 0.6 opens a 48 px wide video but fails on every frame copy; "auto" must use PyAV."""
+def test_narrow_video_decord_cannot_copy_falls_back_to_pyav(tmp_path, caplog, monkeypatch):
+    """decord 0.6 opens a 48 px wide video but fails on every frame copy; "auto" must use PyAV
+    (also where decord is tried first)."""
+    monkeypatch.setattr(video, "AUTO_ORDER", ("decord", "pyav"))
     path = tmp_path / "narrow.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=10)
@@ -463,3 +466,52 @@ def test_truncated_video_raises_beyond_decodable_frames(synthetic_video, tmp_pat
             return
         with pytest.raises(ValueError):
             vr.get_frames(range(30))
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """300 frames of 64x48 video, a keyframe every 30 frames (a 30 s 10 fps clip's structure)."""
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10, options={"g": "30", "keyint_min": "30", "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(300):
+            image = np.full((48, 64, 3), i % 256, np.uint8)
+            image[:8] = rng.integers(0, 256, (8, 64, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def test_pyav_windows_in_order_cost_the_same_first_to_last(long_video):
+    """One decoder pass: each 16-frame window decodes its own frames, the last as few as the first."""
+    with frames.VideoReader(long_video, backend="pyav") as vr:
+        costs = []
+        for start in range(0, 288, 16):
+            before = vr.decoded_frames
+            vr.get_frames(range(start, start + 16))
+            costs.append(vr.decoded_frames - before)
+        assert costs[-1] <= 16 and max(costs) <= 16  # (the first window's frame 0 was decoded at open)
+        assert vr.decoded_frames <= 288 + 1
+        # windows that skip ahead (stride 64) seek to the keyframe before them: at most a GOP more
+        costs = []
+        for start in range(0, 284, 64):
+            before = vr.decoded_frames
+            vr.get_frames(range(start, start + 16))
+            costs.append(vr.decoded_frames - before)
+        assert max(costs) <= 16 + 30 and costs[-1] <= 16 + 30
+
+
+def test_pyav_seeks_give_the_frames_of_a_straight_decode(long_video):
+    with frames.VideoReader(long_video, backend="pyav") as vr:
+        straight = vr.get_frames(range(300))
+    order = [250, 10, 299, 31, 150, 149, 0, 60, 59]
+    with frames.VideoReader(long_video, backend="pyav") as vr:
+        np.testing.assert_array_equal(vr.get_frames(order), straight[order])
+        np.testing.assert_array_equal(vr.get_frames(range(120, 136)), straight[120:136])
+        vr.close()  # a closed reader opens again when read
+        np.testing.assert_array_equal(vr.get_frames([299, 5]), straight[[299, 5]])
+    if _decord_available():
+        with frames.VideoReader(long_video, backend="decord") as vr:
+            assert np.abs(vr.get_frames(order).astype(int) - straight[order]).mean() < 1

@@ -92,3 +92,14 @@ def test_too_small_frames_are_named_by_file_or_video_frame(tmp_path):
     # every 2nd source frame: window 1 covers source frames 4 and 6
     item = VideoWindowDataset(video, [0, 2, 4, 6], plan_windows(4, window=2), preprocess, min_side=32)[1]
     assert item == {"window": 1, "error": "tiny.mp4 frame 4 is 16×16 px, smaller than one 32 px patch"}
+
+
+def test_worker_order_gives_each_worker_a_contiguous_run():
+    from src.windows import worker_order
+
+    batches = [[i] for i in range(10)]
+    ordered = worker_order(batches, 3)
+    assert sorted(ordered) == batches  # every batch, once
+    by_worker = {w: [b[0] for b in ordered[w::3]] for w in range(3)}  # DataLoader: batch j → worker j mod 3
+    assert by_worker == {0: [0, 1, 2, 3], 1: [4, 5, 6], 2: [7, 8, 9]}
+    assert worker_order(batches, 1) == batches and worker_order(batches[:2], 4) == batches[:2]

@@ -32,7 +32,8 @@ def check_inputs(frame_dirs: list[str], video_entries: list[str]) -> list[tuple[
 
 
 def input_owners(run: WindowRun, inputs: list[tuple[str, Path]], *, first_frame: int | None = None,
-                 last_frame: int | None = None, frame_step: int = 1) -> tuple[list[int], list[bool]]:
+                 last_frame: int | None = None, frame_step: int = 1,
+                 sample_fps: float | None = None) -> tuple[list[int], list[bool]]:
     """(the shard that owns each input, whether that shard takes the input whole).
 
     With at least as many inputs as shards each readable input goes whole to one shard, balanced
@@ -46,7 +47,8 @@ def input_owners(run: WindowRun, inputs: list[tuple[str, Path]], *, first_frame:
     if count == 1 or len(inputs) < count:
         return owners, whole
     counts = [window_sources.window_count(kind, path, run.settings.plan, frame_pattern=run.settings.frame_pattern,
-                                          first_frame=first_frame, last_frame=last_frame, frame_step=frame_step)
+                                          first_frame=first_frame, last_frame=last_frame, frame_step=frame_step,
+                                          sample_fps=sample_fps)
               for kind, path in inputs]
     readable = [i for i, c in enumerate(counts) if c > 0]
     for i, owner in zip(readable, sharding.balance_by_weight([counts[i] for i in readable], count)):
@@ -58,7 +60,8 @@ def input_owners(run: WindowRun, inputs: list[tuple[str, Path]], *, first_frame:
 
 
 def run_inputs(run: WindowRun, inputs: list[tuple[str, Path]], output_root: Path, *, first_frame: int | None = None,
-               last_frame: int | None = None, frame_step: int = 1) -> tuple[dict, int]:
+               last_frame: int | None = None, frame_step: int = 1, video_backend: str = "auto",
+               sample_fps: float | None = None) -> tuple[dict, int]:
     """Each input of this shard in turn (`input_owners`), into its folder (`layout.input_output_dirs`);
     returns the window totals and the number of inputs that failed. One bad input is recorded and the
     run goes on; a full disk, a write error, no model, a table of another run or inf/NaN features stop
@@ -66,7 +69,7 @@ def run_inputs(run: WindowRun, inputs: list[tuple[str, Path]], output_root: Path
     totals, failed_inputs = {"ok": 0, "skipped": 0, "failed": 0}, 0
     shard = run.settings.shard
     owners, whole_inputs = input_owners(run, inputs, first_frame=first_frame, last_frame=last_frame,
-                                        frame_step=frame_step)
+                                        frame_step=frame_step, sample_fps=sample_fps)
     for position, ((kind, path), out) in enumerate(zip(inputs, layout.input_output_dirs(output_root, inputs))):
         whole = whole_inputs[position]
         if whole and owners[position] != shard[0]:
@@ -76,7 +79,8 @@ def run_inputs(run: WindowRun, inputs: list[tuple[str, Path]], output_root: Path
                 summary = run.process_frame_directory(path, out, first_frame, last_frame, whole_input=whole)
             else:
                 summary = run.process_video(path, out, frame_step=frame_step, first_frame=first_frame,
-                                            last_frame=last_frame, whole_input=whole)
+                                            last_frame=last_frame, whole_input=whole, backend=video_backend,
+                                            sample_fps=sample_fps)
         except (OutputWriteError, ModelLoadError, TableConfigError, FeatureOverflowError):
             raise
         except (ValueError, OSError) as exc:  # one bad input: record, report, go on

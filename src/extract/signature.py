@@ -27,15 +27,16 @@ class RunSignature:
     clip_frames: int | None = None
     input: str | None = None  # a window's input, by name (a copy on node-local scratch still resumes)
     frames: list | None = None  # a window's frame numbers
+    sample_fps: float | None = None  # a video window's sampling rate (None: every --frame_step-th frame)
 
     @classmethod
     def of_run(cls, encoder: ClipEncoder, clip_frames: int | None = None, input: str | None = None,
-               frames: list | None = None) -> "RunSignature":
+               frames: list | None = None, sample_fps: float | None = None) -> "RunSignature":
         plan = encoder.spatial
         return cls(model=encoder.spec, img_size=encoder.crop, spatial=plan.mode,
                    short_side=plan.short_side if plan.mode == "full" else None,
                    layers=stored_layers({"output": encoder.output_kind, "layers": encoder.layer_indices}),
-                   clip_frames=clip_frames, input=input, frames=frames)
+                   clip_frames=clip_frames, input=input, frames=frames, sample_fps=sample_fps)
 
     @classmethod
     def of_record(cls, model_info: dict | None, metadata: dict | None) -> "RunSignature":
@@ -46,7 +47,8 @@ class RunSignature:
         return cls(model=meta.get("model") or info.get("model_name"), img_size=info.get("img_size"),
                    spatial=spatial, short_side=meta.get("short_side") if spatial == "full" else None,
                    layers=stored_layers(info), clip_frames=meta.get("image_frames", info.get("num_input_frames")),
-                   input=Path(source).name if source else None, frames=meta.get("frame_numbers"))
+                   input=Path(source).name if source else None, frames=meta.get("frame_numbers"),
+                   sample_fps=meta.get("sample_fps"))
 
     def differences(self, found: "RunSignature") -> dict[str, tuple]:
         """{field: (found, expected)} of the fields this (expected) signature fixes and `found` differs in."""
@@ -55,7 +57,11 @@ class RunSignature:
             written["input"] = self.input  # a hand-made file names no input: nothing to compare
         if self.spatial != "full" or written["spatial"] != "full":
             expected["short_side"] = written["short_side"] = None  # short_side means something in `full` only
-        return {k: (written[k], v) for k, v in expected.items() if v is not None and written[k] != v}
+        diff = {k: (written[k], v) for k, v in expected.items() if v is not None and written[k] != v}
+        if self.frames is not None and written["sample_fps"] != expected["sample_fps"]:
+            # a window run's sampling is part of it even where the frames chosen happen to coincide
+            diff["sample_fps"] = (written["sample_fps"], expected["sample_fps"])
+        return diff
 
     def check_same_run(self, found: "RunSignature", path: Path) -> None:
         """Refuse to keep `path`, written by another run (another input, model, crop, frames, layers,

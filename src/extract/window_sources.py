@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from src.errors import ConfigError
 from src.frames import VideoReader, find_frames, find_gaps, read_image_size
+from src.media.sampling import sample_video
 from src.inference import ClipEncoder
 from src.windows import FrameWindowDataset, VideoWindowDataset, Window, plan_windows, temporal_mapping
 
@@ -113,9 +114,11 @@ def frame_folder(frame_dir: str | Path, plan: WindowPlan, encoder: Callable[[], 
 
 def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEncoder], *, frame_step: int = 1,
           backend: str = "auto", first_frame: int | None = None, last_frame: int | None = None,
-          stride: int | None = None) -> WindowSource:
+          stride: int | None = None, sample_fps: float | None = None) -> WindowSource:
     """Windows over every `frame_step`-th frame of a video (frame indices from 0, optionally only
-    `first_frame`..`last_frame`, inclusive). The video is opened before the model loads."""
+    `first_frame`..`last_frame`, inclusive), or over `sample_fps` frames per second of video time
+    (from the presentation timestamps). The video is opened before the model loads; frames are
+    turned as a player shows them (the container's rotation and flips)."""
     video_path = Path(video_path)
     if frame_step <= 0:
         raise ConfigError(f"--frame_step must be positive, got {frame_step}")
@@ -130,16 +133,16 @@ def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEn
         if start >= reader.num_frames:
             raise ConfigError(f"{video_path}: --first_frame {start} is past the last frame ({reader.num_frames - 1})")
         stop = reader.num_frames if last_frame is None else min(last_frame + 1, reader.num_frames)
-        indices = list(range(start, stop, frame_step))
+        sampled = sample_video(reader, frame_step, sample_fps, first_frame, last_frame)
+        indices, timestamps = sampled.indices, sampled.timestamps
         fps = reader.fps
-        # float32 noise (8.960000038146973) would read as a real sub-microsecond offset
-        timestamps = [round(t, 6) for t in reader.timestamps(indices)]
-        frame_hw = (reader.height, reader.width)
+        frame_hw = (reader.height, reader.width)  # as displayed (rotation applied)
+        read_as = {**reader.metadata(), "sample_fps": sample_fps}  # backend, coded size, rotation, flip
     span = f"frames {start}..{stop - 1}, " if first_frame is not None or last_frame is not None else ""
-    windows = plan.windows(len(indices), f"{video_path}: {len(indices)} frames ({span}frame_step {frame_step})",
-                           stride)
+    chosen = f"sample_fps {sample_fps}" if sample_fps else f"frame_step {frame_step}"
+    windows = plan.windows(len(indices), f"{video_path}: {len(indices)} frames ({span}{chosen})", stride)
     enc = encoder()
-    dataset = VideoWindowDataset(video_path, indices, windows, enc.transform, backend=backend,
+    dataset = VideoWindowDataset(video_path, indices, windows, enc.transform, backend=read_as["video_backend"],
                                  min_side=enc.model.patch_size)
 
     def metadata(window: Window) -> dict:
@@ -149,6 +152,7 @@ def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEn
             "video_path": str(video_path.resolve()),
             "fps": fps,
             "frame_step": frame_step,
+            **read_as,
             "frame_numbers": used,
             "timestamps": [timestamps[p] for p in window.positions],
             "start_frame": indices[window.real_positions[0]],
@@ -161,7 +165,7 @@ def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEn
 
 
 def window_count(kind: str, path: Path, plan: WindowPlan, *, frame_pattern: str, first_frame: int | None = None,
-                 last_frame: int | None = None, frame_step: int = 1) -> int:
+                 last_frame: int | None = None, frame_step: int = 1, sample_fps: float | None = None) -> int:
     """The windows an input will have, from its file names or the video's header (no decoding), to
     share inputs out among shards; 0 for an input that cannot be read (it fails where it lands)."""
     try:
@@ -171,6 +175,8 @@ def window_count(kind: str, path: Path, plan: WindowPlan, *, frame_pattern: str,
             with VideoReader(path) as reader:
                 stop = reader.num_frames if last_frame is None else min(last_frame + 1, reader.num_frames)
                 available = len(range(first_frame or 0, stop, max(frame_step, 1)))
+                if sample_fps:  # from the header's rate: close enough to balance shards
+                    available = int((stop - (first_frame or 0)) / reader.fps * sample_fps)
     except Exception:  # noqa: BLE001 - the input's own run reports why
         return 0
     return plan.count(available)

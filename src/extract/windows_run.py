@@ -34,7 +34,7 @@ from src.frames import DEFAULT_FRAME_PATTERN
 from src.inference import ClipEncoder
 from src.models.weights import resolve_spec_kind
 from src.options import EncoderOptions
-from src.windows import batches_by_key, collate_windows, default_num_workers, worker_init
+from src.windows import VideoWindowDataset, batches_by_key, collate_windows, default_num_workers, worker_init, worker_order
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +168,14 @@ class WindowRun:
 
     def process_video(self, video_path, output_dir, frame_step: int = 1, stride: int | None = None,
                       batch_size: int | None = None, backend: str = "auto", first_frame: int | None = None,
-                      last_frame: int | None = None, whole_input: bool = False) -> dict:
+                      last_frame: int | None = None, whole_input: bool = False,
+                      sample_fps: float | None = None) -> dict:
         """Windows over every `frame_step`-th frame of a video (frame indices from 0, optionally only
         `first_frame`..`last_frame`, inclusive) → `output_dir/window_NNNNN.<fmt>`; `whole_input`: as
         for `process_frame_directory`."""
         source = window_sources.video(video_path, self.settings.plan, lambda: self.encoder, frame_step=frame_step,
-                                      backend=backend, first_frame=first_frame, last_frame=last_frame, stride=stride)
+                                      backend=backend, first_frame=first_frame, last_frame=last_frame, stride=stride,
+                                      sample_fps=sample_fps)
         return self.run(source, Path(output_dir), batch_size, whole_input)
 
     # ------------------------------------------------------------------ one input
@@ -257,7 +259,8 @@ class WindowRun:
 
     def signature(self, source: WindowSource, window) -> RunSignature:
         meta = source.metadata(window)
-        return RunSignature.of_run(self.encoder, input=source.input_name, frames=meta["frame_numbers"])
+        return RunSignature.of_run(self.encoder, input=source.input_name, frames=meta["frame_numbers"],
+                                   sample_fps=meta.get("sample_fps"))
 
     @staticmethod
     def _check_same_frames(table: TableWriter, item: str, meta: dict) -> None:
@@ -275,6 +278,8 @@ class WindowRun:
         # one grid per batch: with `full`, windows are batched by frame size (a video has one)
         batches = batches_by_key([self.encoder.spatial.batch_key(source.sizes[i] if source.sizes else None)
                                   for i in pending], batch_size)
+        if isinstance(source.dataset, VideoWindowDataset):  # each worker's decoder reads its windows in order
+            batches = worker_order(batches, self.num_workers)
         loader = DataLoader(Subset(source.dataset, pending), batch_sampler=batches, num_workers=self.num_workers,
                             collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")

@@ -126,7 +126,8 @@ def feature_sources(entries: list[str]) -> dict[str, list[FeatureRef]]:
 
 
 def classify_raw_inputs(probe: LoadedProbe, inputs: list[str], runtime: Runtime, model: str | None = None,
-                        checkpoint_key: str | None = None) -> tuple[list[str], list[int], torch.Tensor]:
+                        checkpoint_key: str | None = None, video_backend: str = "auto"
+                        ) -> tuple[list[str], list[int], torch.Tensor]:
     """(names, views, probabilities) for raw inputs, encoded in memory by the probe's encoder."""
     from src.inference import ClipEncoder, stored_layers
     from src.models.weights import resolve_spec_kind
@@ -151,7 +152,7 @@ def classify_raw_inputs(probe: LoadedProbe, inputs: list[str], runtime: Runtime,
     for entry in inputs:
         try:
             feats = encode_raw_input(Path(entry), encoder, window, probe.extraction.get("frame_step", 1),
-                                     runtime.batch_size)
+                                     runtime.batch_size, video_backend)
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc) if str(exc).startswith(entry) else f"{entry}: {exc}") from None
         with torch.inference_mode():
@@ -167,8 +168,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def predict(probe: LoadedProbe, sources: dict[str, list[FeatureRef]], inputs: list[str], runtime: Runtime,
-            output: Path, top_k: int, where: str, model: str | None = None, checkpoint_key: str | None = None
-            ) -> tuple[int, int]:
+            output: Path, top_k: int, where: str, model: str | None = None, checkpoint_key: str | None = None,
+            video_backend: str = "auto") -> tuple[int, int]:
     """Top-k labels of every source and raw input into the CSV `output`: (inputs, views)."""
     views_of = [Clip(name, 0, name, refs) for name, refs in sources.items()]
     refuse_output_over_input([("--output", output)], [("--probe", probe.path), *clip_inputs(views_of),
@@ -177,7 +178,7 @@ def predict(probe: LoadedProbe, sources: dict[str, list[FeatureRef]], inputs: li
     views = [len(sources[n]) for n in names]
     probs = classify_views(probe, [sources[n] for n in names], runtime, where) if names else None
     if inputs:
-        raw_names, raw_views, raw_probs = classify_raw_inputs(probe, inputs, runtime, model, checkpoint_key)
+        raw_names, raw_views, raw_probs = classify_raw_inputs(probe, inputs, runtime, model, checkpoint_key, video_backend)
         names, views = names + raw_names, views + raw_views
         probs = raw_probs if probs is None else torch.cat([probs, raw_probs])
     write_csv(output, top_k_header(top_k, len(probe.classes)), top_k_rows(names, views, probs, probe.classes, top_k))

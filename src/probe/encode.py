@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 
-def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_size: int) -> torch.Tensor:
+def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_size: int,
+                     video_backend: str = "auto") -> torch.Tensor:
     """Views `[windows, N, D]` of a video, frame folder or image, extracted in memory as the
     extractors would (windows of `window` frames, the tail padded; an image repeated to `window`)."""
     from src.frames import IMAGE_EXTENSIONS, VideoReader, find_frames, load_image
@@ -22,10 +23,10 @@ def encode_raw_input(path: Path, encoder, window: int, frame_step: int, batch_si
         dataset = FrameWindowDataset(frames, plan_windows(len(frames), window), encoder.transform,
                                      min_side=encoder.model.patch_size)
     else:
-        with VideoReader(path) as reader:
-            indices = list(range(0, reader.num_frames, frame_step))
+        with VideoReader(path, backend=video_backend) as reader:
+            indices, video_backend = list(range(0, reader.num_frames, frame_step)), reader.backend
         dataset = VideoWindowDataset(path, indices, plan_windows(len(indices), window), encoder.transform,
-                                     min_side=encoder.model.patch_size)
+                                     backend=video_backend, min_side=encoder.model.patch_size)
     views = []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[k] for k in range(start, min(start + batch_size, len(dataset)))]
