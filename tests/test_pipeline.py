@@ -15,6 +15,7 @@ from src.features import load_features
 from src.frames import VideoReader
 from src.projection import Projection
 from src.render import crop_box_pixels
+from tests.conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "random:tiny", "--img_size", "64", "--device", "cpu", "--num_workers", "0"]
@@ -24,7 +25,8 @@ ALL_FLAGS = ["--umap_visualization", "--pca_visualization", "--original_images",
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+    """The script as `python script args` runs it (exit code, stdout, stderr), in this interpreter."""
+    return run_main(script, *args)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +229,8 @@ def test_rerun_keeps_what_is_finished_and_a_changed_setting_refits(bikes_frames,
 def test_package_write_failure_exits_4_and_the_rerun_completes(bikes_frames, tmp_path):
     """A full disk at the end (here RLIMIT_FSIZE: the zip of 8 overlay PNGs outgrows the limit the
     feature files and each PNG fit under) stops the run with exit 4 naming the zip, leaves no
-    temporary zip; the pictures and features stay, and the rerun finishes."""
+    temporary zip; the pictures and features stay, and the rerun finishes. The limited run is a
+    child process (the limit is the process's); the rerun runs here."""
     import resource
 
     limit = 200_000
