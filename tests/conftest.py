@@ -64,15 +64,17 @@ def image_dir_factory(tmp_path):
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def run_main(script: str, *args, env: dict | None = None, threads: int | None = None) -> subprocess.CompletedProcess:
+def run_main(script: str, *args, env: dict | None = None, threads: int | None = None,
+             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """``python script args`` without a new interpreter (2-3 s of torch import saved per run).
 
     The script's ``main`` goes through ``src.cli.run`` as its ``__main__`` block does (errors → one
     line and an exit code), argparse's exits become the return code, and stdout and stderr are
     captured, with the log lines ``setup_logging`` would write (its ``basicConfig`` is a no-op under
     pytest, whose handlers the root logger already has). As in a fresh process: ``sys.argv`` is the
-    command, launcher variables (RANK, SLURM_*, …) are hidden, ``env`` is set, and the folders an
-    earlier in-process run created are not this run's. ``threads`` pins torch's thread count (to
+    command, launcher variables (RANK, SLURM_*, …) are hidden, ``env`` is set, the working folder is
+    ``cwd`` if given, help is 80 columns wide (as on a pipe), and the folders an earlier in-process
+    run created are not this run's. ``threads`` pins torch's thread count (to
     compare features bit for bit with a child run under OMP_NUM_THREADS of the same value).
     """
     from src import cli
@@ -87,7 +89,8 @@ def run_main(script: str, *args, env: dict | None = None, threads: int | None = 
     saved_env = dict(os.environ)
     for name in [k for k in os.environ if k.startswith(_LAUNCHER_VARS)]:
         del os.environ[name]
-    os.environ.update(env or {})
+    os.environ.update({"COLUMNS": "80", **(env or {})})
+    saved_cwd = os.getcwd()
     getattr(cli, "_CREATED_DIRS", []).clear()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if "--debug" in argv else logging.INFO)
@@ -95,12 +98,15 @@ def run_main(script: str, *args, env: dict | None = None, threads: int | None = 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli.run(module.main, argv)
             except SystemExit as exc:  # argparse: --help (0) or bad arguments (2)
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        os.chdir(saved_cwd)
         sys.argv = saved_argv
         root.removeHandler(handler)
         root.setLevel(saved_level)
