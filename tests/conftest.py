@@ -109,6 +109,10 @@ def run_main(script: str, *args, env: dict | None = None, threads: int | None = 
     os.environ.update({"COLUMNS": "80", **(env or {})})
     saved_cwd = os.getcwd()
     getattr(cli, "_CREATED_DIRS", []).clear()
+    hub = sys.modules.get("huggingface_hub.constants")  # read HF_HUB_OFFLINE when imported: set it there too
+    saved_offline = hub.HF_HUB_OFFLINE if hub else None
+    if hub and os.environ.get("HF_HUB_OFFLINE") == "1":
+        hub.HF_HUB_OFFLINE = True
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if "--debug" in argv else logging.INFO)
     sys.argv = [script, *argv]
@@ -124,10 +128,16 @@ def run_main(script: str, *args, env: dict | None = None, threads: int | None = 
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        hub = sys.modules.get("huggingface_hub.constants")
+        if hub and saved_offline is None:  # first imported during the run: as the restored environment says
+            saved_offline = any(os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
+                                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        if hub:
+            hub.HF_HUB_OFFLINE = saved_offline
         sys.argv = saved_argv
         root.removeHandler(handler)
         root.setLevel(saved_level)
         torch.set_num_threads(saved_threads)
-        os.environ.clear()
-        os.environ.update(saved_env)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())

@@ -49,17 +49,16 @@ def test_auto_dtype_bf16_only_where_the_gpu_has_it(two_gpus, monkeypatch, caplog
 
 
 def test_refused_run_leaves_no_empty_output_folder(tmp_path):
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from tests.conftest import run_main
 
     repo = Path(__file__).resolve().parents[1]
     frames = str(repo / "examples" / "frames")
     existing = tmp_path / "existing"
     existing.mkdir()
     for out in (tmp_path / "new" / "deeper", existing):
-        proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", "--model", "random:tiny", "--device", "cpu",
-                               "--frame_dir", frames, "--first_frame", "99", "--output_dir", str(out)],
-                              cwd=repo, capture_output=True, text=True)
+        proc = run_main("vjepa2_sequential_extractor.py", "--model", "random:tiny", "--device", "cpu",
+                        "--frame_dir", frames, "--first_frame", "99", "--output_dir", out)
         assert proc.returncode == 2 and "from frame 99 on" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # made by this run: removed; the user's: kept
