@@ -1,4 +1,9 @@
-"""Shared fixtures for the extractor tests: small image folders and a clean subprocess env."""
+"""Shared fixtures and helpers: small image folders, the session's bikes frames, a clean subprocess
+env, and run_main, which runs a script's main as `python script.py args` would, in this interpreter.
+
+Tests run the CLIs with run_main (a new interpreter costs 2-3 s of imports); a child process only
+where the process is the point: kill -9, resource limits, concurrent writers, launcher
+environments, the README's commands as written, Slurm."""
 from __future__ import annotations
 
 import contextlib
