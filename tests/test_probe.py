@@ -270,8 +270,10 @@ def test_kill_9_then_resume_gives_the_same_weights(task, tmp_path, capsys):
             "--patience", "0", "--seed", "3"]
     env = clean_env(OMP_NUM_THREADS="1")  # one thread, as run_script's runs here: the same weights bit for bit
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "vjepa2_probe.py", *map(str, args), "--output_dir", out], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # each probe step of the child slowed by 20 ms (tests/delayed_run.py): the kill lands mid-run
+    proc = subprocess.Popen([sys.executable, "-m", "tests.delayed_run", "0.02", "AttentiveClassifier", "vjepa2_probe.py",
+                             *map(str, args), "--output_dir", out], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     state, deadline = out / "train_state.pt", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if state.exists() and torch.load(state, weights_only=True)["epoch"] >= 2:

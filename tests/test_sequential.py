@@ -221,8 +221,8 @@ def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):
     assert total == 63
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.delayed_run", "0.05", *args, "--output_dir", str(out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.delayed_run", "0.05", "PatchEmbed", *args,
+                             "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=clean_env(OMP_NUM_THREADS="1"))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("window_*.pt"))) < 5:
