@@ -337,7 +337,7 @@ def test_configuration_error_exits_2_with_one_line_and_processes_nothing(case, c
     assert produced == [], f"nothing may be processed, found {produced}"
 
 
-def test_in_one_interpreter_harness_matches_a_real_process(corpus, config_runs, tmp_path):
+def test_in_process_runs_match_a_real_process(corpus, config_runs, tmp_path):
     """The in-process runs above give what a fresh `python script.py` gives."""
     case = "window_longer_than_frames"
     real = run(CONFIG_ERRORS[case][0](corpus, tmp_path))
