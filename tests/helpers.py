@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
+from transformers.initialization import no_init_weights
 
 from src.models.attentive_pooler import AttentiveClassifier
 from src.models.vision_transformer import FACTORIES, VisionTransformer
@@ -22,10 +23,22 @@ def small_encoder(arch: str = "vit_large", img_size: int = 32, num_frames: int =
     return model
 
 
+def _uninitialised(model_class, config):
+    """``model_class(config)`` with only its predictor initialised: every other weight is overwritten
+    by a converted one (load_state_dict(strict=True) checks), and initialising a 1408-wide encoder's
+    weights would take seconds."""
+    with no_init_weights():
+        model = model_class(config)
+    predictor = model.predictor if hasattr(model, "predictor") else model.vjepa2.predictor
+    for module in predictor.modules():
+        model._init_weights(module)
+    return model.eval()
+
+
 def hf_model_from(encoder: VisionTransformer, **config_overrides) -> VJEPA2Model:
     """transformers VJEPA2Model carrying our encoder's weights (through our conversion)."""
     config = VJEPA2Config(**{**hf_config_dict(encoder), "pred_num_hidden_layers": 1, **config_overrides})
-    hf = VJEPA2Model(config).eval()
+    hf = _uninitialised(VJEPA2Model, config)
     state = hf.state_dict()
     converted = encoder_to_hf(encoder.state_dict())
     assert set(converted) <= set(state), sorted(set(converted) - set(state))[:5]
@@ -72,7 +85,7 @@ def hf_classifier_from(encoder: VisionTransformer, classifier: AttentiveClassifi
         **{**hf_config_dict(encoder), "pred_num_hidden_layers": 1, "num_labels": classifier.num_classes,
            "layer_norm_eps": 1e-5}
     )
-    hf = VJEPA2ForVideoClassification(config).eval()
+    hf = _uninitialised(VJEPA2ForVideoClassification, config)
     state = hf.state_dict()
     state.update({f"vjepa2.{k}": v for k, v in encoder_to_hf(encoder.state_dict()).items()})
     state.update(classifier_to_hf(classifier.state_dict()))

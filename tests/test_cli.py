@@ -75,3 +75,19 @@ def test_tf32_is_opt_in_and_cuda_only(caplog):
         assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_refused_run_leaves_no_empty_output_folder(tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import run_main
+
+    repo = Path(__file__).resolve().parents[1]
+    frames = str(repo / "examples" / "frames")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out in (tmp_path / "new" / "deeper", existing):
+        proc = run_main("vjepa2_sequential_extractor.py", "--model", "random:tiny", "--device", "cpu",
+                        "--frame_dir", frames, "--first_frame", "99", "--output_dir", out)
+        assert proc.returncode == 2 and "from frame 99 on" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # made by this run: removed; the user's: kept

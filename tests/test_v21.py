@@ -256,7 +256,10 @@ def test_layers_on_a_2_0_model_use_its_norm():
 
 # ----------------------------------------------------------------------------- scripts end to end
 def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+    """`python script args` in this interpreter (tests.conftest.run_main)."""
+    from tests.conftest import run_main
+
+    return run_main(script, *args)
 
 
 @pytest.fixture(scope="module")

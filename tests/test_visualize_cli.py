@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from src import cli
+from tests.conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "visualize_embeddings.py"
@@ -21,11 +20,12 @@ CHUNK_NAME = "features_shard000of001_chunk00000.pt"
 
 
 def run(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    """`python visualize_embeddings.py args` run from `cwd`, in this interpreter (tests.conftest.run_main)."""
+    return run_main(SCRIPT.name, *args, cwd=cwd)
 
 
 def extract(script, *args):
-    proc = subprocess.run([sys.executable, script, *map(str, args), *TINY], cwd=REPO, capture_output=True, text=True)
+    proc = run_main(script, *args, *TINY)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -60,7 +60,7 @@ def chunk(tmp_path_factory):
 
 def help_examples() -> list[list[str]]:
     """The example command lines of --help (backslash continuations joined), split like a shell would."""
-    text = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    text = run("--help").stdout
     text = text.replace("\\\n", " ")
     return [shlex.split(line)[2:] for line in text.splitlines()
             if line.strip().startswith("python visualize_embeddings.py")]
