@@ -155,8 +155,8 @@ def relative_feature_diff(a: Path, b: Path) -> float:
     stored in fp16, so an absolute tolerance would depend on the model's scale)."""
     diffs = []
     for file in sorted(a.rglob("*.pt")):
-        x = torch.load(file, map_location="cpu")["features"].float()
-        y = torch.load(b / file.relative_to(a), map_location="cpu")["features"].float()
+        x = torch.load(file, map_location="cpu", weights_only=True)["features"].float()
+        y = torch.load(b / file.relative_to(a), map_location="cpu", weights_only=True)["features"].float()
         diffs.append(float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)))
     return max(diffs) if diffs else math.nan
 

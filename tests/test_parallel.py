@@ -158,7 +158,7 @@ def test_failed_video_hint_names_each_manifest(tmp_path):
     # The broken video (input 1) is recorded and counted once, by shard 1 % 2; shard 0 says so.
     logs = [(out / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
     assert f"{broken}: " in logs[0] and "(recorded by shard 1/2)" in logs[0]
-    assert "ERROR vjepa2_sequential_extractor" not in logs[0]
+    assert "ERROR src.extract.inputs" not in logs[0]  # shard 1 records the broken video; shard 0 only says so
     last = [line for line in logs[1].splitlines() if line.strip()][-1]
     assert last.startswith("done: ") and "1 inputs failed" in last  # the extractor's summary, no error: line
     records = features.Manifest.read(out / "broken" / "manifest.jsonl")

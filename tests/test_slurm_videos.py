@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import features, sharding
+from src import features
 from tests import slurm_cluster
 from tests.conftest import clean_env
 
@@ -68,7 +68,11 @@ def test_video_array_then_rerun_of_one_task(slurm, tmp_path):
     assert "notes.txt" not in "".join(logs.values())
 
     # One window lost: rerun the task that owns it alone, the template as it is.
-    owner = next(i for i in range(2) if 1 in sharding.select_shard(list(range(3)), i, 2))
+    # (3 inputs for 2 tasks: each task took whole inputs; the manifest says which one wrote it)
+    written = next(r for r in features.Manifest.read(out / "a" / "manifest.jsonl")
+                   if r["output"] == "window_00001.pt" and r["status"] == "ok")
+    assert written["sharded_by"] == "input"
+    owner = int(written["shard"].split("/")[0])
     lost = out / "a" / "window_00001.pt"
     lost.unlink()
     kept = {p: p.stat().st_mtime_ns for p in out.glob("*/window_*.pt")}
