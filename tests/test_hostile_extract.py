@@ -77,6 +77,40 @@ def test_two_concurrent_store_both_runs_write_each_window_and_row_once(tmp_path)
     assert len(ids) == 63 and len(set(ids)) == 63  # no row twice
 
 
+def test_a_window_finished_elsewhere_just_before_its_claim_is_not_written_again(tmp_path, monkeypatch):
+    """The race behind 201 windows for 200: another process finishes a window (file, row, claim let
+    go) between this one's look at the window and its claim. The claim comes first, then the look."""
+    from src.extract import windows_run
+    from src.extract.seed import SequentialVJEPA2Extractor
+
+    def run():
+        return SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, window=16, num_workers=0,
+                                         store="both", table_dir=tmp_path / "table")
+
+    real_claim, other = windows_run.claim_output, run()
+
+    def claim_after_the_other_finished(path):
+        if not getattr(claim_after_the_other_finished, "done", False):
+            claim_after_the_other_finished.done = True
+            with monkeypatch.context() as m:  # the other process: every window, file, row, claims let go
+                m.setattr(windows_run, "claim_output", real_claim)
+                other.process_frame_directory(FRAMES, tmp_path / "out")
+                other.close()
+        return real_claim(path)
+
+    this = run()
+    this.encoder  # loaded before the patch
+    monkeypatch.setattr(windows_run, "claim_output", claim_after_the_other_finished)
+    summary = this.process_frame_directory(FRAMES, tmp_path / "out")
+    this.close()
+    assert (summary["ok"], summary["skipped"]) == (0, 2)
+    lines = manifest_lines(tmp_path / "out")
+    assert Counter(r["status"] for r in lines) == {"ok": 2, "skipped": 2}
+    assert {r["error"] for r in lines if r["status"] == "skipped"} == {"written by another process"}
+    ids = open_dataset(tmp_path / "table").to_table(columns=["row_id"]).column("row_id").to_pylist()
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
 # --------------------------------------------------------------------------- item 6: one input twice
 
 
