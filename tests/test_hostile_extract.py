@@ -286,3 +286,37 @@ def test_image_output_or_table_dir_equal_to_image_dir_is_refused(capsys, tmp_pat
     assert last_line(err) == (f"error: {flag} {images / '..' / 'images'} is --image_dir {images} of this command: "
                               "its files would mix with the inputs; choose another folder")
     assert tree_bytes(images) == before
+
+
+def test_pipeline_features_folder_equal_to_frame_dir_is_refused(capsys, tmp_path):
+    """The pipeline writes windows to OUTPUT_DIR/features: a frame folder there would get them."""
+    import shutil
+
+    import vjepa2_pipeline
+
+    frames = Path(shutil.copytree(FRAMES, tmp_path / "features"))
+    before = tree_bytes(frames)
+    code, out, err = run_main(capsys, vjepa2_pipeline.main, *MODEL, "--frame_dir", frames, "--window", "16",
+                              "--output_dir", tmp_path, "--pca_visualization")
+    assert code == 2
+    assert last_line(err) == (f"error: the output folder {frames} is the input {frames} of this command: its files "
+                              "would mix with the inputs; choose another folder")
+    assert tree_bytes(frames) == before
+
+
+def test_seed_api_output_or_table_folder_equal_to_the_frames_is_refused(tmp_path):
+    import shutil
+
+    from src.errors import ConfigError
+    from src.extract.seed import SequentialVJEPA2Extractor
+
+    frames = Path(shutil.copytree(FRAMES, tmp_path / "frames"))
+    before = tree_bytes(frames)
+    ex = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, window=16, num_workers=0)
+    with pytest.raises(ConfigError, match="the output folder .* is the input .*: its files would mix with the inputs"):
+        ex.process_frame_directory(frames, frames)
+    ex = SequentialVJEPA2Extractor("random:tiny", device="cpu", img_size=32, window=16, num_workers=0,
+                                   store="both", table_dir=frames)
+    with pytest.raises(ConfigError, match="the table folder .* is the input .*: its files would mix with the inputs"):
+        ex.process_frame_directory(frames, tmp_path / "out")
+    assert tree_bytes(frames) == before and not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from src import embeddings_table, sharding
+from src import embeddings_table, guards, sharding
 from src.device import resolve_device
 from src.embeddings_table import Pooling, TableWriter
 from src.errors import ConfigError, ModelLoadError
@@ -184,6 +184,9 @@ class WindowRun:
         """Every window of `source` of this shard (all of them with `whole_input`: the run's inputs
         are sharded, not their windows): finished ones kept, missing rows pooled, the rest encoded."""
         self._check_tokens(source)
+        table_dir = [("the table folder", self.table_dir)] if self.store != "tokens" and self.table_dir else []
+        guards.refuse_folder_over_input([("the output folder", output_dir), *table_dir],
+                                        [("the input", Path(source.name))])  # windows among the frames
         output_dir.mkdir(parents=True, exist_ok=True)
         files = layout.WindowLayout(output_dir, self.settings.fmt)
         indices = [w.index for w in source.windows]
