@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UsageError(f"no images in {args.image_dir} matching {' '.join(patterns)}"
                              + ("" if args.recursive else " (add --recursive to search subfolders)"))
     mine = sharding.select_shard(all_images, shard_index, num_shards)
-    table = open_table(args.image_dir, args.output_dir, args.store, args.table_dir, (shard_index, num_shards),
-                       args.part_rows, args.overwrite)  # before the model: a bad folder or part is exit 2
     output_dir = cli.check_output_dir(args.output_dir)
+    table = open_table(args.image_dir, output_dir, args.store, args.table_dir, (shard_index, num_shards),
+                       args.part_rows, args.overwrite)  # before the model: a bad folder or part is exit 2
     others = layout.other_shard_counts(output_dir, num_shards)
     if others:
         logger.warning("%s already holds chunk files from a run with another shard count (%s); "
