@@ -26,7 +26,7 @@ import sys
 
 from src import cli, embeddings_table, frames, sharding
 from src.extract import layout
-from src.extract.image_run import ExtractionSummary, extract_directory, split_chunks  # noqa: F401  (re-exported)
+from src.extract.image_run import ExtractionSummary, extract_directory, open_table, split_chunks  # noqa: F401
 from src.extract.images import (  # noqa: F401  (re-exported: the seed's and the tests' names)
     ImageDataset, ImageExtractor, check_image_frames, encode_frames, list_images, resolve_image_frames,
 )
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                              + ("" if args.recursive else " (add --recursive to search subfolders)"))
     mine = sharding.select_shard(all_images, shard_index, num_shards)
     output_dir = cli.check_output_dir(args.output_dir)
+    table = open_table(args.image_dir, output_dir, args.store, args.table_dir, (shard_index, num_shards),
+                       args.part_rows, args.overwrite)  # before the model: a bad folder or part is exit 2
     others = layout.other_shard_counts(output_dir, num_shards)
     if others:
         logger.warning("%s already holds chunk files from a run with another shard count (%s); "
@@ -112,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     pooling = embeddings_table.pooling_from_args(args)
-    table = None if args.store == "tokens" else embeddings_table.TableWriter(
-        args.table_dir or layout.default_table_dir(output_dir), (shard_index, num_shards), args.part_rows,
-        overwrite=args.overwrite)
     with logging_redirect_tqdm(loggers=[logging.getLogger()]), embeddings_table.closing(table):
         summary = extract_directory(
             extractor.encoder, args.image_dir, mine, output_dir, shard=(shard_index, num_shards),

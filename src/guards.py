@@ -38,3 +38,17 @@ def refuse_folder_as_file(path: str | os.PathLike, flag: str) -> Path:
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give a file path (e.g. {path / 'predictions.csv'})")
     return path
+
+
+def refuse_folder_over_input(outputs: Iterable[tuple[str, str | os.PathLike]],
+                             inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """ConfigError (exit 2) when an output folder is an input folder (or file) of the same command:
+    what is written there would mix with (or replace) what is read. Pairs as for
+    `refuse_output_over_input`."""
+    inputs = [(what, Path(p)) for what, p in inputs]
+    for out_what, out in outputs:
+        out = Path(out)
+        for in_what, path in inputs:
+            if same_file(out, path):
+                raise ConfigError(f"{out_what} {out} is {in_what} {path} of this command: its files would mix with "
+                                  "the inputs; choose another folder")

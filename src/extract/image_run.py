@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from src import frames
+from src import frames, guards
 from src.embeddings_table import Pooling, TableWriter
 from src.errors import ConfigError
 from src.extract import layout
@@ -77,6 +77,18 @@ def image_sizes(encoder: ClipEncoder, image_dir: Path, paths: Sequence[str], ima
         more = f" ({len(too_big) - 1} more image(s) too)" if len(too_big) > 1 else ""
         raise ConfigError(too_big[0] + more)
     return sizes
+
+
+def open_table(image_dir: str | os.PathLike, output_dir: str | os.PathLike, store: str,
+               table_dir: str | os.PathLike | None, shard: tuple[int, int], part_rows: int,
+               overwrite: bool = False) -> TableWriter | None:
+    """The table an image run appends to (None with ``store="tokens"``), opened before the model
+    loads: an output or table folder that is the image folder is refused (ConfigError), and a
+    damaged or foreign part in the table folder is named (InputError), before any work."""
+    table_dir = Path(table_dir or layout.default_table_dir(output_dir))
+    outputs = [("--output_dir", output_dir)] + ([("--table_dir", table_dir)] if store != "tokens" else [])
+    guards.refuse_folder_over_input(outputs, [("--image_dir", image_dir)])
+    return None if store == "tokens" else TableWriter(table_dir, shard, part_rows, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- the run

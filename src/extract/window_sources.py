@@ -14,6 +14,7 @@ from src.errors import ConfigError
 from src.frames import VideoReader, find_frames, find_gaps, read_image_size
 from src.media.sampling import sample_video
 from src.inference import ClipEncoder
+from src.text_files import read_text
 from src.windows import FrameWindowDataset, VideoWindowDataset, Window, plan_windows, temporal_mapping
 
 logger = logging.getLogger(__name__)
@@ -183,14 +184,15 @@ def window_count(kind: str, path: Path, plan: WindowPlan, *, frame_pattern: str,
 
 
 def expand_videos(entries: list[str]) -> list[Path]:
-    """Video paths from --video values; a .txt/.lst file lists one video per line (# comments)."""
+    """Video paths from --video values; a .txt/.lst/.list file lists one video per line (# comments),
+    as UTF-8 (a BOM dropped; another encoding is an InputError naming the file)."""
     videos = []
     for entry in entries:
         path = Path(entry)
         if path.suffix.lower() in VIDEO_LIST_SUFFIXES:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: video list not found")
-            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            lines = [ln.strip() for ln in read_text(path, "video list").splitlines()]
             videos += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
                        for ln in lines if ln and not ln.startswith("#")]
         else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from src import embeddings_table, sharding
+from src import embeddings_table, guards, sharding
 from src.device import resolve_device
 from src.embeddings_table import Pooling, TableWriter
 from src.errors import ConfigError, ModelLoadError
@@ -184,6 +184,9 @@ class WindowRun:
         """Every window of `source` of this shard (all of them with `whole_input`: the run's inputs
         are sharded, not their windows): finished ones kept, missing rows pooled, the rest encoded."""
         self._check_tokens(source)
+        table_dir = [("the table folder", self.table_dir)] if self.store != "tokens" and self.table_dir else []
+        guards.refuse_folder_over_input([("the output folder", output_dir), *table_dir],
+                                        [("the input", Path(source.name))])  # windows among the frames
         output_dir.mkdir(parents=True, exist_ok=True)
         files = layout.WindowLayout(output_dir, self.settings.fmt)
         indices = [w.index for w in source.windows]
@@ -315,16 +318,22 @@ class WindowRun:
                 run.summary["ok"] += 1
 
     def _claim(self, run: _Pass, indices: list[int], held: ExitStack) -> list[int]:
-        """Positions in the batch of the windows this process claims and still has to write."""
+        """Positions in the batch of the windows this process claims and still has to write.
+
+        The claim comes first, then the look at the file and the table: a process finishing a
+        window writes its file and its row before it lets the claim go, so what a claim holder
+        sees is final (looking first, another process could finish the window in between, and
+        the window would be written twice, its row too)."""
         table = run.writer.table
-        if table is not None:
-            table.refresh()  # parts other processes wrote meanwhile
+        claimed = [held.enter_context(claim_output(run.files.window(k))) for k in indices]
+        if table is not None and any(claimed):
+            table.refresh()  # parts other processes wrote before the claims
         keep = []
-        for j, k in enumerate(indices):
+        for j, (k, mine) in enumerate(zip(indices, claimed)):
             path = run.files.window(k)
             done_elsewhere = ((not run.writer.store_tokens or is_complete(path))
                               and (table is None or table.has(run.items[k])))
-            if held.enter_context(claim_output(path)) and (self.overwrite or not done_elsewhere):
+            if mine and (self.overwrite or not done_elsewhere):
                 keep.append(j)
             else:  # another process over the same tree has it, or just finished it
                 run.writer.log(run.name(k), path.name, "skipped", "written by another process")
