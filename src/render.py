@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import secrets
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,6 +35,7 @@ __all__ = [
     "side_by_side",
     "VideoWriter",
     "write_png",
+    "PictureWriters",
     "VIDEO_FORMATS",
 ]
 
@@ -41,6 +44,9 @@ VIDEO_FORMATS = ("mp4", "gif")
 # x264 CRF used for MP4s: visibly lossless for flat patch colours, and the
 # files stay small. (imageio-ffmpeg's ``quality`` maps coarsely onto CRF.)
 _MP4_CRF = 18
+# zlib level of PNGs: 3 encodes a photo-sized overlay 2.5x faster than PIL's default 6 for
+# files ~5 % larger (same pixels; the bytes differ from level 6's).
+PNG_COMPRESS_LEVEL = 3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -262,7 +268,7 @@ def write_png(image, path: str | os.PathLike) -> Path:
     try:
         # PIL writes no time/text chunks unless asked (pnginfo), and zlib at a
         # fixed level is deterministic, so equal pixels give equal files.
-        Image.fromarray(arr).save(tmp, format="PNG", compress_level=6)
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, path)
     except BaseException as exc:
         _remove_quietly(tmp)
@@ -272,9 +278,67 @@ def write_png(image, path: str | os.PathLike) -> Path:
     return path
 
 
+class PictureWriters:
+    """Encode pictures on worker threads while the caller draws the next ones.
+
+    PNG encoding (zlib) and GIF palette quantisation run in C with the GIL released, so on two
+    cores they overlap the drawing. ``workers=0`` encodes in the caller's thread. At most
+    ``max_pending`` jobs wait at a time (each holds its picture), so memory stays bounded.
+    Use as a context manager: leaving it waits for every job and raises the first error.
+    """
+
+    def __init__(self, workers: int | None = None, max_pending: int = 16):
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="pictures") if workers > 0 else None
+        self._pending: deque[Future] = deque()
+        self._max_pending = max(1, int(max_pending))
+
+    def __enter__(self) -> "PictureWriters":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+    def submit(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` on a worker (now, without workers); its Future."""
+        if self._pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # raised where the result is read, as from a worker
+                future.set_exception(exc)
+            return future
+        while len(self._pending) >= self._max_pending:
+            self._pending.popleft().result()
+        future = self._pool.submit(fn, *args)
+        self._pending.append(future)
+        return future
+
+    def png(self, image, path: str | os.PathLike) -> Path:
+        """:func:`write_png` on a worker; returns the path it will hold."""
+        self.submit(write_png, image, path)
+        return Path(path)
+
+    def wait(self) -> None:
+        """Wait for every job; raise the first error."""
+        while self._pending:
+            self._pending.popleft().result()
+
+
 def gif_frame_duration_ms(fps: float) -> int:
     """GIF delays are whole centiseconds: the nearest one to 1/fps (8 fps → 130 ms, not a truncated 120)."""
     return 10 * max(1, math.floor(100.0 / fps + 0.5))
+
+
+def _gif_palette_frame(arr: np.ndarray) -> Image.Image:
+    """One GIF frame: 256 colours by median cut."""
+    return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
 
 
 class VideoWriter:
@@ -290,8 +354,10 @@ class VideoWriter:
     adding their durations.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None,
+                 workers: PictureWriters | None = None):
         self.path = Path(path)
+        self._workers = workers  # quantises GIF frames off the caller's thread
         if fmt is None:
             fmt = self.path.suffix.lstrip(".").lower()
         fmt = str(fmt).lower()
@@ -306,7 +372,7 @@ class VideoWriter:
         self.num_frames = 0
         self._tmp: Path | None = None
         self._gen = None  # imageio-ffmpeg writer generator (mp4)
-        self._gif_frames: list[Image.Image] = []
+        self._gif_frames: list = []  # palette images, or Futures of them
         self._closed = False
 
     # context manager ------------------------------------------------------
@@ -341,7 +407,11 @@ class VideoWriter:
             self._gen.send(np.ascontiguousarray(self._pad_even(arr)).tobytes())
         else:
             # Palette conversion per frame keeps memory at 1 byte/pixel.
-            self._gif_frames.append(Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT))
+            if self._workers is None:
+                self._gif_frames.append(_gif_palette_frame(arr))
+            else:
+                # a copy: the caller may reuse its buffer before the worker reads it
+                self._gif_frames.append(self._workers.submit(_gif_palette_frame, arr.copy()))
         self.num_frames += 1
 
     def _start_ffmpeg(self) -> None:
@@ -391,7 +461,8 @@ class VideoWriter:
                 if not self._tmp.exists() or self._tmp.stat().st_size == 0:
                     raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
             else:
-                first, *rest = self._gif_frames
+                frames = [f.result() if isinstance(f, Future) else f for f in self._gif_frames]
+                first, *rest = frames
                 first.save(
                     self._tmp,
                     format="GIF",
