@@ -280,7 +280,7 @@ def write_token_pictures(item: FeatureItem, grids: np.ndarray, ids: list[int], f
     source frame in `<method>_overlay/` (placed on the crop box the features cover). `png(image,
     path) -> path` writes a picture (e.g. on a worker thread); `overlay_at(position)`, if given,
     is the overlay of the frame at that position with its own token's colours (the caller's, shared
-    with its video frames).""""
+    with its video frames)."""
     written = []
     safe_name = picture_stem(item)
     for t in range(grids.shape[0]):
