@@ -316,13 +316,10 @@ class PictureWriters:
                 self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def submit(self, fn, *args) -> Future:
-        """Run ``fn(*args)`` on a worker (now, without workers); its Future."""
+        """Run ``fn(*args)`` on a worker (here and now without workers, raising at once); its Future."""
         if self._pool is None:
             future: Future = Future()
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # raised where the result is read, as from a worker
-                future.set_exception(exc)
+            future.set_result(fn(*args))
             return future
         while len(self._pending) >= self._max_pending:
             self._pending.popleft().result()
