@@ -37,7 +37,8 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     source = FrameSource()
     emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
     with ExitStack() as stack:
-        # PNG and GIF encoding on worker threads (entered first: its jobs finish after the videos close)
+        # PNGs encoded on worker threads (entered first: its jobs finish after the videos close),
+        # GIF frames quantised in a helper process (VideoWriter's gif_process), the MP4 by ffmpeg
         workers = stack.enter_context(PictureWriters())
         writers: dict[str, list[VideoWriter]] = {}
         names = ["combined"] if options.combined and todo["views"] else todo["views"]
@@ -46,7 +47,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             for fmt in todo["formats"]:
                 path = out / "videos" / f"{name}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, workers=workers)))
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, gif_process=True)))
                 written.append(path)
         for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
                          disable=None):

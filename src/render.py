@@ -348,6 +348,78 @@ def _gif_palette_frame(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
 
 
+def write_gif_stream(stream, path: str | os.PathLike, height: int, width: int, duration_ms: int) -> int:
+    """Read raw ``uint8 [height, width, 3]`` frames from the binary ``stream`` until it ends,
+    quantise each as it arrives (as :class:`VideoWriter` does) and write them as a looping GIF at
+    ``path``: the helper process of :class:`_GifProcess`. Returns the number of frames."""
+    size = height * width * 3
+    frames = []
+    while True:
+        data = stream.read(size)
+        if not data:
+            break
+        if len(data) != size:
+            raise ValueError(f"write_gif_stream: truncated frame ({len(data)} of {size} bytes)")
+        frames.append(_gif_palette_frame(np.frombuffer(data, np.uint8).reshape(height, width, 3)))
+    if not frames:
+        raise ValueError("write_gif_stream: no frames")
+    first, *rest = frames
+    first.save(path, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0, disposal=2)
+    return len(frames)
+
+
+class _GifProcess:
+    """A GIF written by a helper Python process (:func:`write_gif_stream`), fed raw frames by a
+    thread here. Pillow's median-cut quantisation holds the GIL, so on a thread of this process
+    it would only take turns with the drawing; a process runs it on another core, like ffmpeg
+    does the MP4. At most ``max_pending`` frames wait to be sent."""
+
+    def __init__(self, path: Path, frame_size: tuple[int, int], duration_ms: int, max_pending: int = 8):
+        import subprocess
+        import sys
+
+        root = str(Path(__file__).resolve().parents[1])  # where `src` is importable from
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        code = ("import sys; from src.render import write_gif_stream; "
+                "write_gif_stream(sys.stdin.buffer, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
+        self._proc = subprocess.Popen([sys.executable, "-c", code, str(path), *map(str, frame_size), str(duration_ms)],
+                                      stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="gif")  # one thread: frames stay in order
+        self._pending: deque[Future] = deque()
+        self._max_pending = max_pending
+
+    def send(self, frame: np.ndarray) -> None:
+        while len(self._pending) >= self._max_pending:
+            self._pending.popleft().result()
+        # bytes now: the caller may reuse its buffer
+        self._pending.append(self._sender.submit(self._proc.stdin.write, frame.tobytes()))
+
+    def finish(self) -> None:
+        """Send the last frames, close the pipe, wait; OSError with the helper's message if it failed."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            self._proc.stdin.close()
+        except OSError:  # a broken pipe: the helper died; its message says why
+            pass
+        finally:
+            self._sender.shutdown(wait=True)
+        stderr = self._proc.stderr.read().decode(errors="replace").strip()
+        self._proc.stderr.close()
+        if self._proc.wait() != 0:
+            raise OSError(f"GIF helper process failed (exit {self._proc.returncode}): {stderr.splitlines()[-1:] or ''}")
+
+    def kill(self) -> None:
+        self._sender.shutdown(wait=False, cancel_futures=True)
+        self._proc.kill()
+        self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 class VideoWriter:
     """Stream RGB frames into an MP4 (H.264, yuv420p) or a GIF, published atomically on close.
 
@@ -361,10 +433,11 @@ class VideoWriter:
     adding their durations.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None,
-                 workers: PictureWriters | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None, gif_process: bool = False):
         self.path = Path(path)
-        self._workers = workers  # quantises GIF frames off the caller's thread
+        # GIF frames quantised in a helper process (see _GifProcess) rather than here
+        self._gif_process: _GifProcess | None = None
+        self._use_gif_process = bool(gif_process)
         if fmt is None:
             fmt = self.path.suffix.lstrip(".").lower()
         fmt = str(fmt).lower()
@@ -379,7 +452,7 @@ class VideoWriter:
         self.num_frames = 0
         self._tmp: Path | None = None
         self._gen = None  # imageio-ffmpeg writer generator (mp4)
-        self._gif_frames: list = []  # palette images, or Futures of them
+        self._gif_frames: list[Image.Image] = []
         self._closed = False
 
     # context manager ------------------------------------------------------
@@ -405,6 +478,8 @@ class VideoWriter:
             self._tmp = _temp_path(self.path)
             if self.fmt == "mp4":
                 self._start_ffmpeg()
+            elif self._use_gif_process:
+                self._gif_process = _GifProcess(self._tmp, hw, gif_frame_duration_ms(self.fps))
         elif hw != self.frame_size:
             raise ValueError(
                 f"VideoWriter: frame {self.num_frames} has size {hw[0]}x{hw[1]} but the video "
@@ -414,11 +489,10 @@ class VideoWriter:
             self._gen.send(np.ascontiguousarray(self._pad_even(arr)).tobytes())
         else:
             # Palette conversion per frame keeps memory at 1 byte/pixel.
-            if self._workers is None:
-                self._gif_frames.append(_gif_palette_frame(arr))
+            if self._gif_process is not None:
+                self._gif_process.send(arr)
             else:
-                # a copy: the caller may reuse its buffer before the worker reads it
-                self._gif_frames.append(self._workers.submit(_gif_palette_frame, arr.copy()))
+                self._gif_frames.append(_gif_palette_frame(arr))
         self.num_frames += 1
 
     def _start_ffmpeg(self) -> None:
@@ -467,9 +541,11 @@ class VideoWriter:
                 # imageio-ffmpeg does not report ffmpeg's exit status; an empty file means failure.
                 if not self._tmp.exists() or self._tmp.stat().st_size == 0:
                     raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
+            elif self._gif_process is not None:
+                gif, self._gif_process = self._gif_process, None
+                gif.finish()
             else:
-                frames = [f.result() if isinstance(f, Future) else f for f in self._gif_frames]
-                first, *rest = frames
+                first, *rest = self._gif_frames
                 first.save(
                     self._tmp,
                     format="GIF",
@@ -498,6 +574,9 @@ class VideoWriter:
             except Exception as err:  # pragma: no cover - cleanup must not mask the original error
                 logger.warning("VideoWriter: error stopping ffmpeg: %s", err)
         self._gif_frames = []
+        gif, self._gif_process = self._gif_process, None
+        if gif is not None:
+            gif.kill()
         _remove_quietly(self._tmp)
         self._tmp = None
         self._closed = True

@@ -77,17 +77,16 @@ def test_token_pictures_on_worker_threads_equal_reference(tmp_path):
     assert PNG_COMPRESS_LEVEL == 3
 
 
-def test_gif_quantised_on_workers_equals_serial_and_reference(tmp_path):
+def test_gif_quantised_in_helper_process_equals_serial_and_reference(tmp_path):
     rng = np.random.default_rng(5)
     frames = [reference_overlay(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8),
                                 rng.integers(0, 256, (4, 4, 3), dtype=np.uint8),
                                 {"x0": 0, "y0": 0, "x1": 60, "y1": 40}, 0.5) for _ in range(5)]
-    with PictureWriters(workers=2) as workers:
-        with VideoWriter(tmp_path / "threads.gif", fps=10, workers=workers) as gif:
-            for frame in frames:
-                buffer = frame.copy()
-                gif.append(buffer)
-                buffer[:] = 0  # a caller reusing its buffer does not change the frame already appended
+    with VideoWriter(tmp_path / "threads.gif", fps=10, gif_process=True) as gif:
+        for frame in frames:
+            buffer = frame.copy()
+            gif.append(buffer)
+            buffer[:] = 0  # a caller reusing its buffer does not change the frame already appended
     with VideoWriter(tmp_path / "serial.gif", fps=10) as gif:
         for frame in frames:
             gif.append(frame)
@@ -101,6 +100,22 @@ def test_gif_quantised_on_workers_equals_serial_and_reference(tmp_path):
         assert np.array_equal(a, b)
         reference = np.asarray(Image.fromarray(frame).quantize(256, method=Image.Quantize.MEDIANCUT).convert("RGB"))
         assert np.array_equal(a, reference)
+
+
+def test_gif_helper_process_failure_is_an_oserror_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    writer = VideoWriter(tmp_path / "v.gif", fps=10, gif_process=True)
+    writer.append(np.zeros((8, 8, 3), np.uint8))
+    writer._tmp.unlink()
+    writer._tmp.mkdir()  # the helper cannot write its GIF over a folder
+    with pytest.raises(OSError, match="GIF helper process failed"):
+        writer.close()
+    assert not (tmp_path / "v.gif").exists()
+    writer = VideoWriter(tmp_path / "w.gif", fps=10, gif_process=True)
+    writer.append(np.zeros((8, 8, 3), np.uint8))
+    writer.abort()  # the helper is stopped and its temporary file removed
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".w.gif", "w.gif"))]
 
 
 def test_picture_writers_raise_the_first_error(tmp_path):
