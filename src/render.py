@@ -348,76 +348,98 @@ def _gif_palette_frame(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
 
 
-def write_gif_stream(stream, path: str | os.PathLike, height: int, width: int, duration_ms: int) -> int:
-    """Read raw ``uint8 [height, width, 3]`` frames from the binary ``stream`` until it ends,
-    quantise each as it arrives (as :class:`VideoWriter` does) and write them as a looping GIF at
-    ``path``: the helper process of :class:`_GifProcess`. Returns the number of frames."""
+def quantise_stream(stream_in, stream_out, height: int, width: int) -> int:
+    """Read raw ``uint8 [height, width, 3]`` frames from the binary ``stream_in`` until it ends,
+    quantise each as it arrives (as :class:`VideoWriter` does), then pickle the list of palette
+    images to ``stream_out``: the work of one :class:`_GifQuantisers` helper process. Returns the
+    number of frames."""
+    import pickle
+
     size = height * width * 3
     frames = []
     while True:
-        data = stream.read(size)
+        data = stream_in.read(size)
         if not data:
             break
         if len(data) != size:
-            raise ValueError(f"write_gif_stream: truncated frame ({len(data)} of {size} bytes)")
+            raise ValueError(f"quantise_stream: truncated frame ({len(data)} of {size} bytes)")
         frames.append(_gif_palette_frame(np.frombuffer(data, np.uint8).reshape(height, width, 3)))
-    if not frames:
-        raise ValueError("write_gif_stream: no frames")
-    first, *rest = frames
-    first.save(path, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0, disposal=2)
+    pickle.dump(frames, stream_out, protocol=pickle.HIGHEST_PROTOCOL)
+    stream_out.flush()
     return len(frames)
 
 
-class _GifProcess:
-    """A GIF written by a helper Python process (:func:`write_gif_stream`), fed raw frames by a
-    thread here. Pillow's median-cut quantisation holds the GIL, so on a thread of this process
-    it would only take turns with the drawing; a process runs it on another core, like ffmpeg
-    does the MP4. At most ``max_pending`` frames wait to be sent."""
+class _GifQuantisers:
+    """GIF frames quantised by helper Python processes (:func:`quantise_stream`), frame i by helper
+    i mod n, each fed raw frames by its own thread here. Pillow's median-cut quantisation holds the
+    GIL, so on threads of this process it would only take turns with the drawing; processes run it
+    on the other cores while this one draws, as ffmpeg does the MP4. At most ``max_pending`` frames
+    per helper wait to be sent."""
 
-    def __init__(self, path: Path, frame_size: tuple[int, int], duration_ms: int, max_pending: int = 8):
+    def __init__(self, frame_size: tuple[int, int], helpers: int | None = None, max_pending: int = 4):
         import subprocess
         import sys
 
+        if helpers is None:
+            helpers = max(1, min(2, (os.cpu_count() or 1)))
         root = str(Path(__file__).resolve().parents[1])  # where `src` is importable from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        code = ("import sys; from src.render import write_gif_stream; "
-                "write_gif_stream(sys.stdin.buffer, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
-        self._proc = subprocess.Popen([sys.executable, "-c", code, str(path), *map(str, frame_size), str(duration_ms)],
-                                      stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="gif")  # one thread: frames stay in order
-        self._pending: deque[Future] = deque()
+        code = ("import sys; from src.render import quantise_stream; "
+                "quantise_stream(sys.stdin.buffer, sys.stdout.buffer, int(sys.argv[1]), int(sys.argv[2]))")
+        self._procs = [subprocess.Popen([sys.executable, "-c", code, *map(str, frame_size)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                       for _ in range(helpers)]
+        # one thread per helper: its frames stay in order
+        self._senders = [ThreadPoolExecutor(1, thread_name_prefix="gif") for _ in self._procs]
+        self._pending: list[deque[Future]] = [deque() for _ in self._procs]
         self._max_pending = max_pending
+        self._sent = 0
 
     def send(self, frame: np.ndarray) -> None:
-        while len(self._pending) >= self._max_pending:
-            self._pending.popleft().result()
+        i = self._sent % len(self._procs)
+        while len(self._pending[i]) >= self._max_pending:
+            self._pending[i].popleft().result()
         # bytes now: the caller may reuse its buffer
-        self._pending.append(self._sender.submit(self._proc.stdin.write, frame.tobytes()))
+        self._pending[i].append(self._senders[i].submit(self._procs[i].stdin.write, frame.tobytes()))
+        self._sent += 1
 
-    def finish(self) -> None:
-        """Send the last frames, close the pipe, wait; OSError with the helper's message if it failed."""
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-            self._proc.stdin.close()
-        except OSError:  # a broken pipe: the helper died; its message says why
-            pass
-        finally:
-            self._sender.shutdown(wait=True)
-        stderr = self._proc.stderr.read().decode(errors="replace").strip()
-        self._proc.stderr.close()
-        if self._proc.wait() != 0:
-            raise OSError(f"GIF helper process failed (exit {self._proc.returncode}): {stderr.splitlines()[-1:] or ''}")
+    def finish(self) -> list[Image.Image]:
+        """The palette frames in order; OSError with a helper's message if one failed."""
+        import pickle
+
+        for proc, pending, sender in zip(self._procs, self._pending, self._senders):
+            try:
+                while pending:
+                    pending.popleft().result()
+                proc.stdin.close()
+            except OSError:  # a broken pipe: the helper died; its message says why
+                pass
+            finally:
+                sender.shutdown(wait=True)
+        parts = []
+        for proc in self._procs:
+            out = proc.stdout.read()
+            err = proc.stderr.read().decode(errors="replace").strip()
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.wait() != 0:
+                raise OSError(f"GIF helper process failed (exit {proc.returncode}): {err.splitlines()[-1:] or ''}")
+            parts.append(pickle.loads(out))
+        frames = [None] * self._sent
+        for i, part in enumerate(parts):
+            frames[i :: len(parts)] = part
+        return frames
 
     def kill(self) -> None:
-        self._sender.shutdown(wait=False, cancel_futures=True)
-        self._proc.kill()
-        self._proc.wait()
-        for stream in (self._proc.stdin, self._proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        for proc, sender in zip(self._procs, self._senders):
+            sender.shutdown(wait=False, cancel_futures=True)
+            proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
 
 class VideoWriter:
@@ -435,8 +457,8 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None, gif_process: bool = False):
         self.path = Path(path)
-        # GIF frames quantised in a helper process (see _GifProcess) rather than here
-        self._gif_process: _GifProcess | None = None
+        # GIF frames quantised in helper processes (see _GifQuantisers) rather than here
+        self._gif_process: _GifQuantisers | None = None
         self._use_gif_process = bool(gif_process)
         if fmt is None:
             fmt = self.path.suffix.lstrip(".").lower()
@@ -479,7 +501,7 @@ class VideoWriter:
             if self.fmt == "mp4":
                 self._start_ffmpeg()
             elif self._use_gif_process:
-                self._gif_process = _GifProcess(self._tmp, hw, gif_frame_duration_ms(self.fps))
+                self._gif_process = _GifQuantisers(hw)
         elif hw != self.frame_size:
             raise ValueError(
                 f"VideoWriter: frame {self.num_frames} has size {hw[0]}x{hw[1]} but the video "
@@ -541,10 +563,10 @@ class VideoWriter:
                 # imageio-ffmpeg does not report ffmpeg's exit status; an empty file means failure.
                 if not self._tmp.exists() or self._tmp.stat().st_size == 0:
                     raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
-            elif self._gif_process is not None:
-                gif, self._gif_process = self._gif_process, None
-                gif.finish()
             else:
+                if self._gif_process is not None:
+                    gif, self._gif_process = self._gif_process, None
+                    self._gif_frames = gif.finish()
                 first, *rest = self._gif_frames
                 first.save(
                     self._tmp,
