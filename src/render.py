@@ -291,8 +291,8 @@ def write_png(image, path: str | os.PathLike) -> Path:
 class PictureWriters:
     """Encode pictures on worker threads while the caller draws the next ones.
 
-    PNG encoding (zlib) and GIF palette quantisation run in C with the GIL released, so on two
-    cores they overlap the drawing. ``workers=0`` encodes in the caller's thread. At most
+    PNG encoding (zlib) runs in C with the GIL released, so on two cores it overlaps the drawing
+    (GIF quantisation does not release it: see :class:`_GifQuantisers`). ``workers=0`` encodes in the caller's thread. At most
     ``max_pending`` jobs wait at a time (each holds its picture), so memory stays bounded.
     Use as a context manager: leaving it waits for every job and raises the first error.
     """
