@@ -292,8 +292,9 @@ class PictureWriters:
     """Encode pictures on worker threads while the caller draws the next ones.
 
     PNG encoding (zlib) runs in C with the GIL released, so on two cores it overlaps the drawing
-    (GIF quantisation does not release it: see :class:`_GifQuantisers`). ``workers=0`` encodes in the caller's thread. At most
-    ``max_pending`` jobs wait at a time (each holds its picture), so memory stays bounded.
+    (GIF quantisation does not release it: see :class:`_GifQuantisers`). ``workers=0`` encodes
+    in the caller's thread. At most ``max_pending`` jobs wait at a time (each holds its picture),
+    so memory stays bounded.
     Use as a context manager: leaving it waits for every job and raises the first error.
     """
 
