@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src.render import VideoWriter, annotate, overlay, side_by_side, stack_vertical, write_png
+from src.render import PictureWriters, VideoWriter, annotate, overlay, side_by_side, stack_vertical
 from src.visualize import FrameSource, frame_label, iter_feature_items, token_grids, write_token_pictures
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     source = FrameSource()
     emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
     with ExitStack() as stack:
+        # PNGs encoded on worker threads (entered first: its jobs finish after the videos close),
+        # GIF frames quantised in a helper process (VideoWriter's gif_process), the MP4 by ffmpeg
+        workers = stack.enter_context(PictureWriters())
         writers: dict[str, list[VideoWriter]] = {}
         names = ["combined"] if options.combined and todo["views"] else todo["views"]
         for name in names:
@@ -44,7 +47,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             for fmt in todo["formats"]:
                 path = out / "videos" / f"{name}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, gif_process=True)))
                 written.append(path)
         for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
                          disable=None):
@@ -54,9 +57,17 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             timings["transform_s"] += time.perf_counter() - start
             ids, frames = source.frames(item)
             box = meta["crop_box"]
+            overlays_at: dict[tuple[str, int], object] = {}  # (method, frame position) → its overlay
+
+            def overlay_at(m: str, pos: int):
+                if (m, pos) not in overlays_at:
+                    overlays_at[m, pos] = overlay(frames[pos], grids[m][pos // 2], box, options.alpha)
+                return overlays_at[m, pos]
+
             for m in todo["pngs"]:
                 written += write_token_pictures(item, grids[m], ids, frames, out, m, options.alpha,
-                                                annotate_frames=options.annotate)
+                                                annotate_frames=options.annotate, png=workers.png,
+                                                overlay_at=lambda pos, m=m: overlay_at(m, pos))
             for pos, (frame_id, frame) in enumerate(zip(ids, frames)):
                 if frame_id in emitted:
                     continue
@@ -64,11 +75,14 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                 label = frame_label(meta, frame_id, pos) if options.annotate else None
                 original = annotate(frame, label) if label else frame
                 if options.original_images:
-                    written.append(write_png(original, out / "original" / f"frame_{frame_id:06d}.png"))
+                    written.append(workers.png(original, out / "original" / f"frame_{frame_id:06d}.png"))
                 if not writers:
                     continue
                 t = pos // 2  # each temporal token covers 2 source frames
-                overlays = {m: overlay(frame, grids[m][t], box, options.alpha) for m in todo["methods"]}
+                # each overlay once: the PNGs' (dropped here, as nothing reads it again) or a new one
+                overlays = {m: overlays_at.pop((m, pos), None) for m in todo["methods"]}
+                overlays = {m: overlay(frame, grids[m][t], box, options.alpha) if img is None else img
+                            for m, img in overlays.items()}
                 if label:
                     overlays = {m: annotate(img, f"{m.upper()}  {label}") for m, img in overlays.items()}
                 views = {m: overlays[m] for m in ("umap", "pca") if m in todo["views"]}

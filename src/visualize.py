@@ -277,20 +277,26 @@ def frame_label(meta: dict, frame_id: int, position: int) -> str:
 
 def write_token_pictures(item: FeatureItem, grids: np.ndarray, ids: list[int], frames: list[np.ndarray],
                          out: Path, method: str, alpha: float, with_overlay: bool = True,
-                         annotate_frames: bool = False) -> list[Path]:
+                         annotate_frames: bool = False, png=write_png, overlay_at=None) -> list[Path]:
     """Per temporal token: `<method>_projection/<item>_tNN.png`, and its overlay on the token's first
-    source frame in `<method>_overlay/` (placed on the crop box the features cover)."""
+    source frame in `<method>_overlay/` (placed on the crop box the features cover). `png(image,
+    path) -> path` writes a picture (e.g. on a worker thread); `overlay_at(position)`, if given,
+    is the overlay of the frame at that position with its own token's colours (the caller's, shared
+    with its video frames)."""
     written = []
     safe_name = picture_stem(item)
     for t in range(grids.shape[0]):
-        written.append(write_png(projection_image(grids[t]), out / f"{method}_projection" / f"{safe_name}_t{t:02d}.png"))
+        written.append(png(projection_image(grids[t]), out / f"{method}_projection" / f"{safe_name}_t{t:02d}.png"))
         if not with_overlay:
             continue
         first = min(2 * t, len(frames) - 1)  # a still image: every token overlays the same frame
-        picture = overlay(frames[first], grids[t], item.metadata.get("crop_box"), alpha)
+        if overlay_at is not None and first == 2 * t:  # the frame's own token (not a still image's)
+            picture = overlay_at(first)
+        else:
+            picture = overlay(frames[first], grids[t], item.metadata.get("crop_box"), alpha)
         if annotate_frames:
             picture = annotate(picture, frame_label(item.metadata, ids[first], first))
-        written.append(write_png(picture, out / f"{method}_overlay" / f"{safe_name}_t{t:02d}.png"))
+        written.append(png(picture, out / f"{method}_overlay" / f"{safe_name}_t{t:02d}.png"))
     return written
 
 
