@@ -108,3 +108,21 @@ def test_machine_info_names_the_cpu_flags():
                                              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                                              "amx_int8", "neon", "asimd", "sve"}
     assert info["cpu_count"] == os.cpu_count() and info["torch"] == torch.__version__
+
+
+def test_gpu_targets_judge_speed_precision_and_mfu():
+    from bench.sections import encoder
+
+    gpu = {"device": "cuda"}
+    e = {"label": "ViT-L", "dtype": "bfloat16", "ours_vs_transformers": 1.3, "max_abs_diff": 0.02,
+         "pct_of_matmul_limit": 65.0}
+    rows = {r["target"]: r["met"] for r in encoder.targets([e], gpu)}
+    assert rows == {"ViT-L bfloat16 (GPU): ours ≥ 1.0× transformers": True,
+                    "ViT-L bfloat16 (GPU): max abs Δ vs transformers ≤ 0.05": True,
+                    "ViT-L bfloat16 (GPU): ≥ 70 % of cuBLAS GFLOP/s at its shapes": False}
+    assert encoder.targets([e], {"device": "cpu"}) == []  # bf16 on CPU is not judged
+    run = {"arch": "vit_giant_xformers", "img_size": 384, "dtype": "bfloat16",
+           "runs": [{"batch": 1, "mfu_pct": 31.0}, {"batch": 4, "mfu_pct": 44.0}]}
+    (row,) = mfu.targets([run], gpu)
+    assert row["met"] and "44.0 % at batch 4" in row["value"]
+    assert mfu.targets([run], {"device": "cpu"}) == []
