@@ -38,7 +38,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
     with ExitStack() as stack:
         # PNGs encoded on worker threads (entered first: its jobs finish after the videos close),
-        # GIF frames quantised in a helper process (VideoWriter's gif_process), the MP4 by ffmpeg
+        # GIF frames quantised here (fast octree), the MP4 encoded by ffmpeg in its own process
         workers = stack.enter_context(PictureWriters())
         writers: dict[str, list[VideoWriter]] = {}
         names = ["combined"] if options.combined and todo["views"] else todo["views"]
@@ -47,7 +47,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             for fmt in todo["formats"]:
                 path = out / "videos" / f"{name}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, gif_process=True)))
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
                 written.append(path)
         for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
                          disable=None):

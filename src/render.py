@@ -45,6 +45,10 @@ VIDEO_FORMATS = ("mp4", "gif")
 # x264 CRF used for MP4s: visibly lossless for flat patch colours, and the
 # files stay small. (imageio-ffmpeg's ``quality`` maps coarsely onto CRF.)
 _MP4_CRF = 18
+# x264 preset: "faster" encodes the example's 32 stacked 1280×720 frames in 1.2 s of CPU against
+# 3.2 s for the default "medium", at the same size and 1.26 against 1.17 levels (of 255) mean |Δ|
+# from the source frames.
+_MP4_PRESET = "faster"
 # zlib level of PNGs: 3 encodes a photo-sized overlay 2.5x faster than PIL's default 6 for
 # files ~5 % larger (same pixels; the bytes differ from level 6's).
 PNG_COMPRESS_LEVEL = 3
@@ -292,7 +296,7 @@ class PictureWriters:
     """Encode pictures on worker threads while the caller draws the next ones.
 
     PNG encoding (zlib) runs in C with the GIL released, so on two cores it overlaps the drawing
-    (GIF quantisation does not release it: see :class:`_GifQuantisers`). ``workers=0`` encodes
+    (GIF quantisation does not release it). ``workers=0`` encodes
     in the caller's thread. At most ``max_pending`` jobs wait at a time (each holds its picture),
     so memory stays bounded.
     Use as a context manager: leaving it waits for every job and raises the first error.
@@ -345,102 +349,11 @@ def gif_frame_duration_ms(fps: float) -> int:
 
 
 def _gif_palette_frame(arr: np.ndarray) -> Image.Image:
-    """One GIF frame: 256 colours by median cut."""
-    return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-
-
-def quantise_stream(stream_in, stream_out, height: int, width: int) -> int:
-    """Read raw ``uint8 [height, width, 3]`` frames from the binary ``stream_in`` until it ends,
-    quantise each as it arrives (as :class:`VideoWriter` does), then pickle the list of palette
-    images to ``stream_out``: the work of one :class:`_GifQuantisers` helper process. Returns the
-    number of frames."""
-    import pickle
-
-    size = height * width * 3
-    frames = []
-    while True:
-        data = stream_in.read(size)
-        if not data:
-            break
-        if len(data) != size:
-            raise ValueError(f"quantise_stream: truncated frame ({len(data)} of {size} bytes)")
-        frames.append(_gif_palette_frame(np.frombuffer(data, np.uint8).reshape(height, width, 3)))
-    pickle.dump(frames, stream_out, protocol=pickle.HIGHEST_PROTOCOL)
-    stream_out.flush()
-    return len(frames)
-
-
-class _GifQuantisers:
-    """GIF frames quantised by helper Python processes (:func:`quantise_stream`), frame i by helper
-    i mod n, each fed raw frames by its own thread here. Pillow's median-cut quantisation holds the
-    GIL, so on threads of this process it would only take turns with the drawing; processes run it
-    on the other cores while this one draws, as ffmpeg does the MP4. At most ``max_pending`` frames
-    per helper wait to be sent."""
-
-    def __init__(self, frame_size: tuple[int, int], helpers: int | None = None, max_pending: int = 4):
-        import subprocess
-        import sys
-
-        if helpers is None:
-            helpers = max(1, min(2, (os.cpu_count() or 1)))
-        root = str(Path(__file__).resolve().parents[1])  # where `src` is importable from
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        code = ("import sys; from src.render import quantise_stream; "
-                "quantise_stream(sys.stdin.buffer, sys.stdout.buffer, int(sys.argv[1]), int(sys.argv[2]))")
-        self._procs = [subprocess.Popen([sys.executable, "-c", code, *map(str, frame_size)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-                       for _ in range(helpers)]
-        # one thread per helper: its frames stay in order
-        self._senders = [ThreadPoolExecutor(1, thread_name_prefix="gif") for _ in self._procs]
-        self._pending: list[deque[Future]] = [deque() for _ in self._procs]
-        self._max_pending = max_pending
-        self._sent = 0
-
-    def send(self, frame: np.ndarray) -> None:
-        i = self._sent % len(self._procs)
-        while len(self._pending[i]) >= self._max_pending:
-            self._pending[i].popleft().result()
-        # bytes now: the caller may reuse its buffer
-        self._pending[i].append(self._senders[i].submit(self._procs[i].stdin.write, frame.tobytes()))
-        self._sent += 1
-
-    def finish(self) -> list[Image.Image]:
-        """The palette frames in order; OSError with a helper's message if one failed."""
-        import pickle
-
-        for proc, pending, sender in zip(self._procs, self._pending, self._senders):
-            try:
-                while pending:
-                    pending.popleft().result()
-                proc.stdin.close()
-            except OSError:  # a broken pipe: the helper died; its message says why
-                pass
-            finally:
-                sender.shutdown(wait=True)
-        parts = []
-        for proc in self._procs:
-            out = proc.stdout.read()
-            err = proc.stderr.read().decode(errors="replace").strip()
-            proc.stdout.close()
-            proc.stderr.close()
-            if proc.wait() != 0:
-                raise OSError(f"GIF helper process failed (exit {proc.returncode}): {err.splitlines()[-1:] or ''}")
-            parts.append(pickle.loads(out))
-        frames = [None] * self._sent
-        for i, part in enumerate(parts):
-            frames[i :: len(parts)] = part
-        return frames
-
-    def kill(self) -> None:
-        for proc, sender in zip(self._procs, self._senders):
-            sender.shutdown(wait=False, cancel_futures=True)
-            proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+    """One GIF frame: 256 colours by Pillow's fast octree. Median cut fits a frame's colours a little
+    closer (mean |Δ| 3.9 against 4.9 levels of 255 on the stacked video) but costs 20× the time
+    (190 against 9 ms for a 1280×720 frame) and holds the GIL; the GIF is the preview, the MP4 the
+    faithful copy."""
+    return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.FASTOCTREE)
 
 
 class VideoWriter:
@@ -456,11 +369,8 @@ class VideoWriter:
     adding their durations.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None, gif_process: bool = False):
+    def __init__(self, path: str | os.PathLike, fps: float, fmt: str | None = None):
         self.path = Path(path)
-        # GIF frames quantised in helper processes (see _GifQuantisers) rather than here
-        self._gif_process: _GifQuantisers | None = None
-        self._use_gif_process = bool(gif_process)
         if fmt is None:
             fmt = self.path.suffix.lstrip(".").lower()
         fmt = str(fmt).lower()
@@ -501,8 +411,6 @@ class VideoWriter:
             self._tmp = _temp_path(self.path)
             if self.fmt == "mp4":
                 self._start_ffmpeg()
-            elif self._use_gif_process:
-                self._gif_process = _GifQuantisers(hw)
         elif hw != self.frame_size:
             raise ValueError(
                 f"VideoWriter: frame {self.num_frames} has size {hw[0]}x{hw[1]} but the video "
@@ -512,10 +420,7 @@ class VideoWriter:
             self._gen.send(np.ascontiguousarray(self._pad_even(arr)).tobytes())
         else:
             # Palette conversion per frame keeps memory at 1 byte/pixel.
-            if self._gif_process is not None:
-                self._gif_process.send(arr)
-            else:
-                self._gif_frames.append(_gif_palette_frame(arr))
+            self._gif_frames.append(_gif_palette_frame(arr))
         self.num_frames += 1
 
     def _start_ffmpeg(self) -> None:
@@ -534,7 +439,7 @@ class VideoWriter:
             quality=None,
             ffmpeg_log_level="error",
             # "-f mp4": the temporary name has no .mp4 suffix to infer the muxer from.
-            output_params=["-crf", str(_MP4_CRF), "-movflags", "+faststart", "-f", "mp4"],
+            output_params=["-crf", str(_MP4_CRF), "-preset", _MP4_PRESET, "-movflags", "+faststart", "-f", "mp4"],
         )
         self._gen.send(None)  # prime the generator (starts ffmpeg)
 
@@ -565,9 +470,6 @@ class VideoWriter:
                 if not self._tmp.exists() or self._tmp.stat().st_size == 0:
                     raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
             else:
-                if self._gif_process is not None:
-                    gif, self._gif_process = self._gif_process, None
-                    self._gif_frames = gif.finish()
                 first, *rest = self._gif_frames
                 first.save(
                     self._tmp,
@@ -597,9 +499,6 @@ class VideoWriter:
             except Exception as err:  # pragma: no cover - cleanup must not mask the original error
                 logger.warning("VideoWriter: error stopping ffmpeg: %s", err)
         self._gif_frames = []
-        gif, self._gif_process = self._gif_process, None
-        if gif is not None:
-            gif.kill()
         _remove_quietly(self._tmp)
         self._tmp = None
         self._closed = True
