@@ -190,8 +190,17 @@ def collate_windows(items: list[dict]) -> dict:
     }
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a Slurm or taskset share, not the node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def default_num_workers(device: torch.device | str | None = None) -> int:
-    """DataLoader workers when none are asked for: 0 on a CPU, min(4, cores − 1) on a GPU.
+    """DataLoader workers when none are asked for: 0 on a CPU; on a GPU one per core this process was
+    given, less one for the main process (which feeds the GPU and writes).
 
     On a CPU the forward pass wants every core and decoding is a few % of its time, so a worker
     costs more than it hides (bench/PERFORMANCE.md: 4–27 % slower with 1 worker on 2 cores); a
@@ -199,9 +208,17 @@ def default_num_workers(device: torch.device | str | None = None) -> int:
     """
     if device is None or torch.device(device).type == "cpu":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, available_cores() - 1)
 
 
 def worker_init(_worker_id: int) -> None:
-    """One thread per DataLoader worker: the forward pass in the main process needs the cores."""
+    """One thread per DataLoader worker (torch, OpenMP, OpenCV): W workers × every core each would
+    oversubscribe the CPU, and the main process needs its core."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # libraries that start their OpenMP pool after this point
     torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - only a performance hint
+        pass

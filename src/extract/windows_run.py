@@ -45,7 +45,7 @@ class WindowRunOptions:
 
     plan: WindowPlan = field(default_factory=WindowPlan)
     batch_size: int = 1
-    num_workers: int | None = None  # None: 0 on a CPU, min(4, cores − 1) on a GPU
+    num_workers: int | None = None  # None: 0 on a CPU, the cores given − 1 on a GPU
     fmt: str = "pt"
     overwrite: bool = False
     frame_pattern: str = DEFAULT_FRAME_PATTERN
