@@ -236,12 +236,11 @@ class ImageRun:
                 self.encoder.check_finite(out, [self.paths[i] for i in batch["index"]])  # inf/NaN: stop, store nothing
                 for j, (i, hw) in enumerate(zip(batch["index"], batch["sizes"])):
                     rel = self.paths[i]
-                    # its own storage: the file gets no copy at save time, the batch is freed now
-                    record = self.record(rel, out[j].clone() if self.writer.store_tokens else out[j], hw)
+                    # a view of the batch: every row of it goes into this chunk, which is saved without a copy
+                    record = self.record(rel, out[j], hw)
                     self.writer.add_rows(out[j], record["metadata"]["model_info"], record["metadata"], path,
                                          source=self.items[rel], extraction_time=datetime.now(timezone.utc))
                     chunk[rel] = record if self.writer.store_tokens else None  # `pooled`: only its row is kept
-                del out
         self.finish_chunk({rel: chunk[rel] for rel in group if rel in chunk}, path)  # the list's order
 
     def finish_chunk(self, chunk: dict, path: Path) -> None:
