@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -211,14 +212,34 @@ def default_num_workers(device: torch.device | str | None = None) -> int:
     return max(0, available_cores() - 1)
 
 
-def worker_init(_worker_id: int) -> None:
-    """One thread per DataLoader worker (torch, OpenMP, OpenCV): W workers × every core each would
-    oversubscribe the CPU, and the main process needs its core."""
-    os.environ["OMP_NUM_THREADS"] = "1"  # libraries that start their OpenMP pool after this point
-    torch.set_num_threads(1)
+def _set_cv2_threads(count: int | None) -> int | None:
+    """OpenCV's thread count set to `count` (None: unchanged); the previous one, None without cv2."""
     try:
         import cv2
+    except ImportError:
+        return None
+    previous = cv2.getNumThreads()
+    if count is not None and count != previous:
+        cv2.setNumThreads(count)
+    return previous
 
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - only a performance hint
-        pass
+
+@contextmanager
+def decoding_workers(num_workers: int) -> Iterator[None]:
+    """While DataLoader workers are forked: OpenCV at one thread in this process, so that the workers
+    inherit it. Setting it in a forked worker instead deadlocks when this process had already used
+    OpenCV's thread pool (its threads do not exist in the child, their condition variables stay
+    held). The main process does no decoding while workers do; its count is restored after."""
+    previous = _set_cv2_threads(1) if num_workers > 0 else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _set_cv2_threads(previous)
+
+
+def worker_init(_worker_id: int) -> None:
+    """One thread per DataLoader worker (torch, OpenMP, OpenCV: see `decoding_workers`): W workers ×
+    every core each would oversubscribe the CPU, and the main process needs its core."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # libraries that start their OpenMP pool after this point
+    torch.set_num_threads(1)

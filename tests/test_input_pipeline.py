@@ -95,8 +95,14 @@ class _ThreadCounts(Dataset):
 
 
 def test_video_workers_run_one_thread_each():
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.resize(np.zeros((512, 512, 3), np.uint8), (300, 300))  # this process's OpenCV pool in use
     loader = DataLoader(_ThreadCounts(), batch_size=None, num_workers=2, worker_init_fn=windows.worker_init)
-    assert [tuple(counts) for counts in loader] == [(1, 1, "1")] * 2
+    with windows.decoding_workers(2):
+        assert [tuple(counts) for counts in loader] == [(1, 1, "1")] * 2
+    assert cv2.getNumThreads() == before  # the main process gets its threads back
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,

@@ -29,7 +29,7 @@ from src.extract.signature import RunSignature, table_config
 from src.extract.writer import RecordWriter
 from src.features import Manifest, claim_output, is_complete, save_chunk
 from src.inference import ClipEncoder
-from src.windows import batches_by_key, worker_init
+from src.windows import batches_by_key, decoding_workers, worker_init
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +312,9 @@ def extract_directory(
     run.bar = tqdm(total=len(paths), unit="img", desc=f"shard {shard[0]}/{shard[1]}",
                    disable=None if progress is None else not progress, dynamic_ncols=True)
     try:
-        for k, group in enumerate(chunks):
-            run.run_chunk(k, group, shard)
+        with decoding_workers(num_workers):
+            for k, group in enumerate(chunks):
+                run.run_chunk(k, group, shard)
     finally:
         run.close()
         run.bar.close()

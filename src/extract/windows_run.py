@@ -35,7 +35,8 @@ from src.frames import DEFAULT_FRAME_PATTERN
 from src.inference import ClipEncoder
 from src.models.weights import resolve_spec_kind
 from src.options import EncoderOptions
-from src.windows import VideoWindowDataset, batches_by_key, collate_windows, default_num_workers, worker_init, worker_order
+from src.windows import (VideoWindowDataset, batches_by_key, collate_windows, decoding_workers, default_num_workers,
+                         worker_init, worker_order)
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class WindowRun:
         # files, rows and manifest lines are written on one background thread, in order: the model
         # never waits for an fsync; all is flushed at the end of the input, and on an error
         with tqdm(total=len(pending), unit="win", desc=Path(source.name).name, disable=None) as bar, \
-                BackgroundWriter(WRITE_QUEUE_BATCHES, name="window-writer") as writes:
+                decoding_workers(self.num_workers), BackgroundWriter(WRITE_QUEUE_BATCHES, name="window-writer") as writes:
             for batch in loader:
                 for k, error in batch["errors"]:  # items carry their index into the windows
                     logger.error("%s window %d: %s", source.name, k, error)
