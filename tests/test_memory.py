@@ -20,7 +20,7 @@ MB = 2**20
 # (16 frames: 8 × 24 × 24 tokens, width 1408) without the forward pass (the memory is the point, not
 # the minutes of CPU a real one would take). Prints the growth of its peak RSS over the run.
 MEASURE = r"""
-import json, resource, sys, torch
+import json, sys, torch
 from src.extract.image_run import extract_directory, feature_bytes
 from src.inference import ClipEncoder
 
@@ -34,10 +34,16 @@ def encode(clips):  # the shape and dtype a ViT-g/384 gives, every page written
 encoder.encode = encode
 import os
 names = sorted(os.listdir(image_dir))[:count]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def status(key):  # kB in /proc/self/status
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak RSS (VmHWM) starts again from the current RSS: model loading is not the run
+before = status("VmRSS:")
 summary = extract_directory(encoder, image_dir, names, out, image_frames=16, batch_size=2, chunk_size=1000,
                             chunk_bytes=None if budget_mb == "none" else int(budget_mb) * 2**20, progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after = status("VmHWM:")
 print(json.dumps({"growth": after - before, "image_bytes": feature_bytes(encoder, 16, None),
                   "chunks": summary.chunks_written, "done": summary.done}))
 """
