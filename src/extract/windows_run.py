@@ -286,7 +286,7 @@ class WindowRun:
         if isinstance(source.dataset, VideoWindowDataset):  # each worker's decoder reads its windows in order
             batches = worker_order(batches, self.num_workers)
         # A DataLoader per input: its workers hold this input's dataset (a decoder per video), and an
-        # input's windows are sorted and claimed before its loader starts (see the report in bench).
+        # input's windows are sorted and claimed before its loader starts (bench/PERFORMANCE.md, issue 23).
         loader = DataLoader(Subset(source.dataset, pending), batch_sampler=batches, num_workers=self.num_workers,
                             collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")
