@@ -49,7 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="file-name glob, case-insensitive, repeatable (default: "
                         + " ".join(frames.DEFAULT_IMAGE_PATTERNS) + "); with '/' matched on the relative path")
     g.add_argument("--recursive", action="store_true", help="also search subfolders")
-    g.add_argument("--chunk_size", type=int, default=1000, help="images per chunk file")
+    g.add_argument("--chunk_size", type=int, default=1000, help="images per chunk file, at most")
+    g.add_argument("--max_chunk_mb", type=int, default=1024,
+                   help="features per chunk file (and in memory per process), at most, in MiB: a chunk ends "
+                        "at whichever of this and --chunk_size comes first")
     g.add_argument("--overwrite", action="store_true", help="recompute chunks that are already complete")
     g = p.add_argument_group("processing")
     g.add_argument("--image_frames", type=int, choices=[1, 2, 16], default=None,
@@ -58,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(16 → 8 temporal tokens, 2 → 1, fast)")
     g.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     g.add_argument("--num_workers", type=int, default=None,
-                   help="image-decoding worker processes (0: in the main process; default: 0 on CPU, min(4, cores-1) on GPU)")
+                   help="image-decoding worker processes (0: in the main process; default: 0 on CPU, one per core given less one on GPU)")
     g = p.add_argument_group("sharding (several processes or nodes)")
     g.add_argument("--shard", default=None, metavar="i/N",
                    help="process shard i of N (default: from RANK/WORLD_SIZE, SLURM_*, PBS_ARRAY_INDEX)")
@@ -69,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for flag in ("chunk_size", "batch_size"):
+    for flag in ("chunk_size", "max_chunk_mb", "batch_size"):
         if getattr(args, flag) < 1:
             raise cli.UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.num_workers is not None and args.num_workers < 0:
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     with logging_redirect_tqdm(loggers=[logging.getLogger()]), embeddings_table.closing(table):
         summary = extract_directory(
             extractor.encoder, args.image_dir, mine, output_dir, shard=(shard_index, num_shards),
-            image_frames=extractor.image_frames, chunk_size=args.chunk_size, batch_size=args.batch_size,
+            image_frames=extractor.image_frames, chunk_size=args.chunk_size,
+            chunk_bytes=args.max_chunk_mb * 2**20, batch_size=args.batch_size,
             num_workers=num_workers, overwrite=args.overwrite, store=args.store, table=table, pooling=pooling)
     if table is not None:
         print(f"embeddings table: {table.dir} ({args.store}, {pooling.name}; {table.rows_written} rows written)")

@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group = device.add_argument_group("device")
     cli.add_device_arguments(group)
     group.add_argument(
-        "--num_workers", type=int, default=None, help="feature-loading workers (default: 0 on CPU, min(4, cores-1) on GPU)")
+        "--num_workers", type=int, default=None, help="feature-loading workers (default: 0 on CPU, one per core given less one on GPU)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", parents=[device], formatter_class=cli.HelpFormatter,

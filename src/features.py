@@ -54,14 +54,40 @@ def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-def _prepare_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """CPU, contiguous, and not a view into a larger storage."""
+def _prepare_tensor(tensor: torch.Tensor, shared: frozenset = frozenset()) -> torch.Tensor:
+    """CPU, contiguous, and not a view into a larger storage (unless its storage is in `shared`:
+    wholly held by the tensors saved with it, so written once, as it is)."""
     tensor = tensor.detach().cpu().contiguous()
     # torch.save writes a view's whole storage; clone so a slice of a big batch
     # does not drag the batch into every file.
-    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+    if (tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size()
+            and tensor.untyped_storage().data_ptr() not in shared):
         tensor = tensor.clone()
     return tensor
+
+
+def _covered_storages(tensors: list[torch.Tensor]) -> frozenset:
+    """Storages (by address) of CPU tensors that those tensors cover entirely between them, e.g. the
+    rows of an encoded batch that all go into one chunk: saved as they are, with no second copy of
+    the chunk in memory."""
+    held: dict[int, tuple[int, set]] = {}
+    for t in tensors:
+        if t.device.type == "cpu" and t.is_contiguous():
+            storage = t.untyped_storage()
+            start = t.storage_offset() * t.element_size()
+            held.setdefault(storage.data_ptr(), (storage.nbytes(), set()))[1].add(
+                (start, start + t.numel() * t.element_size()))
+    covered = set()
+    for ptr, (nbytes, spans) in held.items():
+        end = 0
+        for start, stop in sorted(spans):  # the spans tile the storage: no gap, no overlap
+            if start != end:
+                break
+            end = stop
+        else:
+            if end == nbytes:
+                covered.add(ptr)
+    return frozenset(covered)
 
 
 def _json_part(path: Path, what: str, value: Any) -> str:
@@ -327,11 +353,12 @@ def save_chunk(chunk: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     _check_chunk(chunk, path, "cannot save chunk")
     payload = {}
+    shared = _covered_storages([v for entry in chunk.values() for v in entry.values() if isinstance(v, torch.Tensor)])
     for key, entry in chunk.items():
         rest = {k: v for k, v in entry.items() if not isinstance(v, torch.Tensor)}
         _json_part(path, f"chunk entry {key!r}", rest)
         payload[key] = {
-            k: _prepare_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in entry.items()
+            k: _prepare_tensor(v, shared) if isinstance(v, torch.Tensor) else v for k, v in entry.items()
         }
     atomic_write(path, lambda handle: torch.save(payload, handle))
     logger.debug("wrote chunk %s (%d entries)", path, len(payload))

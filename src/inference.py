@@ -11,10 +11,11 @@ import logging
 import numpy as np
 import torch
 
-from src.device import resolve_device, resolve_dtype
+from src.device import resolve_device, resolve_dtype, set_tf32
 from src.errors import ConfigError
 from src.models.compile import CompiledForward
 from src.models.weights import load_encoder, model_info
+from src.datasets.utils.video.transforms import normalize_uint8_clips
 from src.options import EncoderOptions
 from src.spatial import SpatialPlan
 
@@ -51,24 +52,32 @@ def stored_layers(info: dict) -> str | list[int]:
 
 
 def to_device_keep_broadcast(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """`x.to(device, dtype, non_blocking=True)`, keeping expanded (stride-0) dimensions expanded.
+    """`x.to(device, dtype, non_blocking=True)`, keeping expanded (stride-0) dimensions expanded;
+    uint8 clips are moved as uint8 and normalised on the device (`normalize_uint8_clips`).
 
     A copy to another device makes its source contiguous first, so an image `expand`ed to 16
     frames would be materialised on the host and sent 16 times (and a dtype cast converts every
     copy). Here only one slice of each broadcast dimension is moved/cast; the result is expanded
     again on the device (same values; the patch embedding materialises it there).
     """
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.uint8:  # a quarter of the bytes over the bus; the same values as on the CPU
+            return normalize_uint8_clips(t.to(device, non_blocking=True), dtype)
+        return t.to(device, dtype=dtype, non_blocking=True)
+
     broadcast = [d for d in range(x.ndim) if x.stride(d) == 0 and x.shape[d] > 1]
     if not broadcast:
-        return x.to(device, dtype=dtype, non_blocking=True)
+        return move(x)
     compact = x
     for d in broadcast:
         compact = compact.narrow(d, 0, 1)
-    return compact.to(device, dtype=dtype, non_blocking=True).expand(x.shape)
+    return move(compact).expand(x.shape)
 
 
 class ClipEncoder:
-    """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU.
+    """Encoder + eval transform. `encode` takes preprocessed `[B, C, T, H, W]` clips on the CPU: the
+    uint8 crops of `transform` (what the DataLoaders carry: a quarter of the bytes of float32 through
+    shared memory; normalised on the device) or normalised float32 ones (`preprocess`).
 
     Args:
         options: an `EncoderOptions` (model spec, device, dtype, crop, layers, spatial, ...), or the
@@ -96,6 +105,7 @@ class ClipEncoder:
             # the current device is where DataLoader pin-memory threads and un-indexed CUDA calls
             # land: make it ours, or every shard of a torchrun/srun job also opens a context on GPU 0
             torch.cuda.set_device(self.device)
+        set_tf32(options.tf32, self.device)  # opt-in; on a CPU it only warns
         self.model = load_encoder(spec, img_size=img_size, checkpoint_key=options.checkpoint_key, device=self.device,
                                   dtype=self.dtype, num_heads=options.num_heads)
         layers = options.layers
@@ -115,7 +125,8 @@ class ClipEncoder:
         self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size,
                                    options.short_side, options.max_tokens,
                                    image_path_frames=self.model.img_temporal_dim_size)
-        self.transform = self.spatial.transform()
+        self.transform = self.spatial.transform(normalize=False)  # uint8 crops, normalised in `encode`
+        self._normalizing_transform = self.spatial.transform()
         coverage = (f"crop {self.crop}" if spatial == "center"
                     else f"whole frame at short side {self.spatial.short_side}")
         logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, %s, %s on %s; storing %s (%d wide)",
@@ -139,7 +150,7 @@ class ClipEncoder:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, H', W']` (CPU; crop×crop for `center`)."""
-        return self.transform(frames)
+        return self._normalizing_transform(frames)
 
     def crop_box(self, height: int, width: int) -> dict:
         """The source-pixel region the features cover: the centre crop, or the whole frame (`full`)."""
@@ -148,6 +159,7 @@ class ClipEncoder:
     @torch.inference_mode()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """`[B, C, T, H, W]` → fp16 `[B, N, D]` on the CPU (cast on the device, before the copy back).
+        uint8 clips (`transform`) are normalised on the device, bit-identically to `preprocess`.
 
         On CUDA the upload is asynchronous when `clips` is in pinned memory (the DataLoaders pin
         their batches), and with `non_blocking` PyTorch casts to the compute dtype on the GPU,
@@ -193,4 +205,5 @@ class ClipEncoder:
             "level_norm": "norms_block" if self.model.has_norms_block else "norm",
             "image_path": self.model.uses_image_path(num_frames),
             "compute_dtype": str(self.dtype).removeprefix("torch."),
+            "tf32": bool(self.options.tf32 and self.device.type == "cuda"),
         }

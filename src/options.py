@@ -30,6 +30,7 @@ class EncoderOptions:
         spatial: "center" (the centre crop) or "full" (the whole frame; see src/spatial.py).
         short_side: ``full``: the short side frames are resized to (default: the crop size).
         max_tokens: the most tokens per clip accepted (None: no limit).
+        tf32: fp32 matmuls on TF32 tensor cores (CUDA only; `src.device.set_tf32`).
     """
 
     model: str = DEFAULT_HUB_MODEL
@@ -43,6 +44,7 @@ class EncoderOptions:
     spatial: str = "center"
     short_side: int | None = None
     max_tokens: int | None = DEFAULT_MAX_TOKENS
+    tf32: bool = False
 
     def __post_init__(self):
         if not isinstance(self.layers, str):  # a list of blocks: hashable and immutable like the rest
@@ -59,7 +61,7 @@ class EncoderOptions:
                    img_size=args.img_size, checkpoint_key=args.checkpoint_key, compile=bool(args.compile),
                    layers=args.layers, num_heads=args.num_heads, spatial=getattr(args, "spatial", "center"),
                    short_side=getattr(args, "short_side", None),
-                   max_tokens=getattr(args, "max_tokens", DEFAULT_MAX_TOKENS))
+                   max_tokens=getattr(args, "max_tokens", DEFAULT_MAX_TOKENS), tf32=bool(getattr(args, "tf32", False)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -80,11 +80,12 @@ class SpatialPlan:
             return self.short_side
         return short_side_for_crop(self.crop)
 
-    def transform(self) -> Compose:
-        """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, H', W']` (the input size below)."""
+    def transform(self, normalize: bool = True) -> Compose:
+        """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, H', W']` (the input size below); with
+        `normalize=False` the uint8 `[C, T, H', W']`, normalised later on the device."""
         if self.mode == "full":
-            return make_full_frame_transform(self.short_side, self.patch_size)
-        return make_eval_transform(self.crop)
+            return make_full_frame_transform(self.short_side, self.patch_size, normalize=normalize)
+        return make_eval_transform(self.crop, normalize=normalize)
 
     def input_hw(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
         """Encoder input size in pixels for a `height`×`width` frame (center: always crop×crop)."""

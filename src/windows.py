@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -190,8 +191,17 @@ def collate_windows(items: list[dict]) -> dict:
     }
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a Slurm or taskset share, not the node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def default_num_workers(device: torch.device | str | None = None) -> int:
-    """DataLoader workers when none are asked for: 0 on a CPU, min(4, cores − 1) on a GPU.
+    """DataLoader workers when none are asked for: 0 on a CPU; on a GPU one per core this process was
+    given, less one for the main process (which feeds the GPU and writes).
 
     On a CPU the forward pass wants every core and decoding is a few % of its time, so a worker
     costs more than it hides (bench/PERFORMANCE.md: 4–27 % slower with 1 worker on 2 cores); a
@@ -199,9 +209,37 @@ def default_num_workers(device: torch.device | str | None = None) -> int:
     """
     if device is None or torch.device(device).type == "cpu":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, available_cores() - 1)
+
+
+def _set_cv2_threads(count: int | None) -> int | None:
+    """OpenCV's thread count set to `count` (None: unchanged); the previous one, None without cv2."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    previous = cv2.getNumThreads()
+    if count is not None and count != previous:
+        cv2.setNumThreads(count)
+    return previous
+
+
+@contextmanager
+def decoding_workers(num_workers: int) -> Iterator[None]:
+    """While DataLoader workers are forked: OpenCV at one thread in this process, so that the workers
+    inherit it. Setting it in a forked worker instead deadlocks when this process had already used
+    OpenCV's thread pool (its threads do not exist in the child, their condition variables stay
+    held). The main process does no decoding while workers do; its count is restored after."""
+    previous = _set_cv2_threads(1) if num_workers > 0 else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _set_cv2_threads(previous)
 
 
 def worker_init(_worker_id: int) -> None:
-    """One thread per DataLoader worker: the forward pass in the main process needs the cores."""
+    """One thread per DataLoader worker (torch, OpenMP, OpenCV: see `decoding_workers`): W workers ×
+    every core each would oversubscribe the CPU, and the main process needs its core."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # libraries that start their OpenMP pool after this point
     torch.set_num_threads(1)

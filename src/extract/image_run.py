@@ -1,6 +1,8 @@
-"""Image runs: a shard's images → chunk files of ``--chunk_size`` images (+ table rows, manifest).
+"""Image runs: a shard's images → chunk files (+ table rows, manifest) of at most ``--chunk_size``
+images and at most ``--max_chunk_mb`` of features: one chunk is what a process holds in memory.
 
-The sorted image list of a shard is cut into chunks; chunk k goes to
+The sorted image list of a shard is cut into chunks (by image count and feature bytes, both known
+before any image is encoded, so a rerun cuts the same chunks); chunk k goes to
 ``layout.chunk_name(i, N, k)``. A rerun skips complete chunks written by the same run (its
 `RunSignature`), pools table rows it lacks from them, and encodes the rest.
 """
@@ -16,26 +18,51 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from src import frames, guards
 from src.embeddings_table import Pooling, TableWriter
 from src.errors import ConfigError
 from src.extract import layout
-from src.extract.images import ImageDataset, encode_frames, make_loader
+from src.extract.images import ImageDataset, collate_images, encode_frames
 from src.extract.signature import RunSignature, table_config
 from src.extract.writer import RecordWriter
 from src.features import Manifest, claim_output, is_complete, save_chunk
 from src.inference import ClipEncoder
-from src.windows import batches_by_key
+from src.windows import batches_by_key, decoding_workers, worker_init
 
 logger = logging.getLogger(__name__)
 
+# Features a process holds at once (one chunk): a ViT-g/384 image repeated to 16 frames is 4608 tokens
+# × 1408 × 2 bytes ≈ 13 MB, so 1000 images would be 13 GB per process, 8 shards on a node > 100 GB.
+DEFAULT_CHUNK_BYTES = 2**30
 
-def split_chunks(items: Sequence, chunk_size: int) -> list[list]:
-    """Consecutive groups of ``chunk_size`` (the last one may be shorter)."""
+
+def split_chunks(items: Sequence, chunk_size: int, item_bytes: Sequence[int] | None = None,
+                 max_bytes: int | None = None) -> list[list]:
+    """Consecutive groups of at most ``chunk_size`` items and, given ``item_bytes`` (one per item),
+    at most ``max_bytes`` bytes (an item larger than that is a chunk of its own)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return [list(items[i:i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    chunks: list[list] = []
+    size = 0
+    for i, item in enumerate(items):
+        nbytes = item_bytes[i] if item_bytes is not None else 0
+        if not chunks or len(chunks[-1]) >= chunk_size or (max_bytes is not None and chunks[-1] and size + nbytes > max_bytes):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += nbytes
+    return chunks
+
+
+def feature_bytes(encoder: ClipEncoder, image_frames: int, image_hw: tuple[int, int] | None) -> int:
+    """Bytes of one image's stored features (fp16 tokens × width); an unknown size (`full`, unreadable
+    header) counts as the crop."""
+    tp, hp, wp = encoder.grid(image_frames, image_hw or (encoder.crop, encoder.crop))
+    return tp * hp * wp * encoder.embed_dim * 2
 
 
 def existing_chunk_keys(path: Path, expected: Iterable[str], signature: RunSignature) -> set[str] | None:
@@ -127,6 +154,25 @@ class ImageRun:
 
     def __post_init__(self):
         self.signature = RunSignature.of_run(self.encoder, self.image_frames)
+        self.paths = sorted(self.items)
+        self.position = {rel: i for i, rel in enumerate(self.paths)}
+        self._batches: list[list[int]] = []  # the chunk being encoded, as batches of positions in `paths`
+        self._loader: DataLoader | None = None
+
+    @property
+    def loader(self) -> DataLoader:
+        """One DataLoader for the run over every image; its workers live across chunks (each chunk sets
+        the batches, which the main process samples)."""
+        if self._loader is None:
+            dataset = ImageDataset(self.image_dir, self.paths, self.encoder.transform, self.encoder.model.patch_size)
+            workers = {"persistent_workers": True, "worker_init_fn": worker_init} if self.num_workers else {}
+            self._loader = DataLoader(dataset, batch_sampler=self._batches, num_workers=self.num_workers,
+                                      collate_fn=collate_images, pin_memory=self.encoder.device.type == "cuda",
+                                      **workers)
+        return self._loader
+
+    def close(self) -> None:
+        self._loader = None  # its workers stop with it
 
     def rows_missing(self, rels: list[str]) -> list[str]:
         self.writer.table.refresh()  # parts other processes wrote meanwhile
@@ -191,20 +237,22 @@ class ImageRun:
         chunk: dict[str, dict] = {}
         batches = batches_by_key([self.encoder.spatial.batch_key(self.sizes.get(rel)) for rel in group],
                                  self.batch_size)
-        dataset = ImageDataset(self.image_dir, group, self.encoder.transform, self.encoder.model.patch_size)
-        for batch in make_loader(dataset, batches, self.num_workers, str(self.encoder.device)):
+        self._batches[:] = [[self.position[group[j]] for j in batch] for batch in batches]
+        for batch in self.loader:
             for i, error in batch["errors"]:
-                logger.error("%s: %s", group[i], error)
-                self.writer.log(group[i], None, "failed", error)
+                logger.error("%s: %s", self.paths[i], error)
+                self.writer.log(self.paths[i], None, "failed", error)
                 self.summary.failed += 1
             if batch["frames"] is not None:
                 out = encode_frames(self.encoder, batch["frames"], self.image_frames)
-                self.encoder.check_finite(out, [group[i] for i in batch["index"]])  # inf/NaN: stop, store nothing
+                self.encoder.check_finite(out, [self.paths[i] for i in batch["index"]])  # inf/NaN: stop, store nothing
                 for j, (i, hw) in enumerate(zip(batch["index"], batch["sizes"])):
-                    record = self.record(group[i], out[j], hw)
+                    rel = self.paths[i]
+                    # a view of the batch: every row of it goes into this chunk, which is saved without a copy
+                    record = self.record(rel, out[j], hw)
                     self.writer.add_rows(out[j], record["metadata"]["model_info"], record["metadata"], path,
-                                         source=self.items[group[i]], extraction_time=datetime.now(timezone.utc))
-                    chunk[group[i]] = record if self.writer.store_tokens else None  # `pooled`: only its row is kept
+                                         source=self.items[rel], extraction_time=datetime.now(timezone.utc))
+                    chunk[rel] = record if self.writer.store_tokens else None  # `pooled`: only its row is kept
         self.finish_chunk({rel: chunk[rel] for rel in group if rel in chunk}, path)  # the list's order
 
     def finish_chunk(self, chunk: dict, path: Path) -> None:
@@ -235,6 +283,7 @@ def extract_directory(
     shard: tuple[int, int] = (0, 1),
     image_frames: int = 16,
     chunk_size: int = 1000,
+    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
     batch_size: int = 8,
     num_workers: int = 0,
     overwrite: bool = False,
@@ -246,7 +295,8 @@ def extract_directory(
 ) -> ExtractionSummary:
     """Encode ``rel_paths`` (this shard's images, relative to ``image_dir``) into chunk files.
 
-    Chunk k of the sorted list goes to ``output_dir / chunk_name(i, N, k)``; complete chunks
+    Chunk k of the sorted list (at most ``chunk_size`` images and ``chunk_bytes`` of features; None:
+    no byte limit) goes to ``output_dir / chunk_name(i, N, k)``; complete chunks
     are skipped unless ``overwrite``. Unreadable images are logged, recorded as failed in the
     manifest and left out of their chunk. At most one chunk's features are held in memory.
     With ``store`` "pooled" or "both", each image also becomes a row of ``table`` (its vector
@@ -264,18 +314,21 @@ def extract_directory(
     if table is not None:
         table.expect(table_config(encoder, image_frames, writer.pooling.name))
     paths = sorted(rel_paths)
-    chunks = split_chunks(paths, chunk_size)
+    sizes = image_sizes(encoder, image_dir, paths, image_frames) if encoder.spatial.mode == "full" else {}
+    chunks = split_chunks(paths, chunk_size, [feature_bytes(encoder, image_frames, sizes.get(rel)) for rel in paths],
+                          chunk_bytes)
     layout.check_no_foreign_chunks(output_dir, *shard, len(chunks))
     run = ImageRun(encoder, image_dir, output_dir, writer, image_frames, batch_size, num_workers, overwrite,
-                   items={rel: str((image_dir / rel).resolve()) for rel in rel_paths},
-                   sizes=image_sizes(encoder, image_dir, paths, image_frames) if encoder.spatial.mode == "full" else {})
+                   items={rel: str((image_dir / rel).resolve()) for rel in rel_paths}, sizes=sizes)
     start = time.perf_counter()
     run.bar = tqdm(total=len(paths), unit="img", desc=f"shard {shard[0]}/{shard[1]}",
                    disable=None if progress is None else not progress, dynamic_ncols=True)
     try:
-        for k, group in enumerate(chunks):
-            run.run_chunk(k, group, shard)
+        with decoding_workers(num_workers):
+            for k, group in enumerate(chunks):
+                run.run_chunk(k, group, shard)
     finally:
+        run.close()
         run.bar.close()
         run.summary.seconds = time.perf_counter() - start
     return run.summary

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from src import embeddings_table, guards, sharding
+from src.background import BackgroundWriter
 from src.device import resolve_device
 from src.embeddings_table import Pooling, TableWriter
 from src.errors import ConfigError, ModelLoadError
@@ -34,9 +35,13 @@ from src.frames import DEFAULT_FRAME_PATTERN
 from src.inference import ClipEncoder
 from src.models.weights import resolve_spec_kind
 from src.options import EncoderOptions
-from src.windows import VideoWindowDataset, batches_by_key, collate_windows, default_num_workers, worker_init, worker_order
+from src.windows import (VideoWindowDataset, batches_by_key, collate_windows, decoding_workers, default_num_workers,
+                         worker_init, worker_order)
 
 logger = logging.getLogger(__name__)
+
+# Encoded batches waiting for the disk, at most: bounds memory when the disk is slower than the model.
+WRITE_QUEUE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class WindowRunOptions:
 
     plan: WindowPlan = field(default_factory=WindowPlan)
     batch_size: int = 1
-    num_workers: int | None = None  # None: 0 on a CPU, min(4, cores − 1) on a GPU
+    num_workers: int | None = None  # None: 0 on a CPU, the cores given − 1 on a GPU
     fmt: str = "pt"
     overwrite: bool = False
     frame_pattern: str = DEFAULT_FRAME_PATTERN
@@ -283,36 +288,53 @@ class WindowRun:
                                   for i in pending], batch_size)
         if isinstance(source.dataset, VideoWindowDataset):  # each worker's decoder reads its windows in order
             batches = worker_order(batches, self.num_workers)
+        # A DataLoader per input: its workers hold this input's dataset (a decoder per video), and an
+        # input's windows are sorted and claimed before its loader starts (bench/PERFORMANCE.md, issue 23).
         loader = DataLoader(Subset(source.dataset, pending), batch_sampler=batches, num_workers=self.num_workers,
                             collate_fn=collate_windows, worker_init_fn=worker_init,
                             pin_memory=self.encoder.device.type == "cuda")
         start = time.perf_counter()
-        with tqdm(total=len(pending), unit="win", desc=Path(source.name).name, disable=None) as bar:
+        # files, rows and manifest lines are written on one background thread, in order: the model
+        # never waits for an fsync; all is flushed at the end of the input, and on an error
+        with tqdm(total=len(pending), unit="win", desc=Path(source.name).name, disable=None) as bar, \
+                decoding_workers(self.num_workers), BackgroundWriter(WRITE_QUEUE_BATCHES, name="window-writer") as writes:
             for batch in loader:
                 for k, error in batch["errors"]:  # items carry their index into the windows
                     logger.error("%s window %d: %s", source.name, k, error)
-                    run.writer.log(run.name(k), run.files.window(k).name, "failed", error)
+                    writes.submit(run.writer.log, run.name(k), run.files.window(k).name, "failed", error)
                     summary["failed"] += 1
                 if batch["clips"] is not None:
-                    self._encode_batch(run, batch)
+                    self._encode_batch(run, batch, writes)
                 bar.update(len(batch["windows"]) + len(batch["errors"]))
         elapsed = time.perf_counter() - start
         logger.info("%s: %d windows written, %d skipped, %d failed in %.1f s (%.2f windows/s)", source.name,
                     summary["ok"], summary["skipped"], summary["failed"], elapsed, summary["ok"] / max(elapsed, 1e-9))
 
-    def _encode_batch(self, run: _Pass, batch: dict) -> None:
-        with ExitStack() as claims:  # hold each window's claim from encode to save ...
-            # ... and, for table rows, until the part holding them is written
-            held = self._held if run.writer.table is not None else claims
-            keep = self._claim(run, batch["windows"], held)
+    def _encode_batch(self, run: _Pass, batch: dict, writes: BackgroundWriter) -> None:
+        claims = ExitStack()  # each window's claim, held from encode to save (and, for table rows, ...)
+        with ExitStack() as on_error:
+            on_error.push(claims)
+            keep = self._claim(run, batch["windows"], claims)
             # all kept (the usual case): the batch itself, still in the DataLoader's pinned memory
             clips = batch["clips"] if len(keep) == len(batch["windows"]) else batch["clips"][keep]
             feats = self.encoder.encode(clips) if keep else []  # [B, N, D] fp16
             if keep:  # inf/NaN (an fp16 overflow) stops the run before anything of the batch is stored
                 self.encoder.check_finite(feats, [run.name(batch["windows"][j]) for j in keep])
-            for j, f in zip(keep, feats):
-                k, image_hw = batch["windows"][j], batch["image_hw"][j]
-                record = self.window_record(run.source, k, f, image_hw)
+            records = [(batch["windows"][j], self.window_record(run.source, batch["windows"][j], f,
+                                                                batch["image_hw"][j]))
+                       for j, f in zip(keep, feats)]
+            on_error.pop_all()  # encoded: the claims go with the write job
+        writes.submit(self._write_windows, run, records, claims)
+
+    def _write_windows(self, run: _Pass, records: list[tuple[int, dict]], claims: ExitStack) -> None:
+        """On the writer thread: a batch's files, rows and manifest lines, in order; its claims released
+        after its files (or, for table rows, once the part holding them is written)."""
+        with ExitStack() as release:
+            if run.writer.table is not None:
+                self._held.enter_context(claims)  # ... until the part holding the rows is written
+            else:
+                release.enter_context(claims)
+            for k, record in records:
                 if run.writer.write_window(record, run.files.window(k), self.settings.fmt, run.name(k)):
                     self._held.close()  # rows on disk: the claims can go
                 run.summary["ok"] += 1
