@@ -132,13 +132,13 @@ if (( NGPUS == 0 )); then
     fi
 fi
 
-# DataLoader workers per shard on GPUs: the cores shared out among the shards (each extractor would
-# otherwise start min(4, cores - 1) of its own). A --num_workers in the extra args wins.
+# DataLoader workers per shard on GPUs: the cores shared out among the shards, less one for the
+# shard's main process (each extractor would otherwise take all the cores it sees). No cap: 1080p
+# decoding, not the encoder, bounds a fast GPU (docs/extraction.md). A --num_workers in the extra args wins.
 WORKER_ARGS=()
 if (( NGPUS > 0 )); then
     cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
     per_shard=$(( cores / NUM - 1 ))
-    (( per_shard > 4 )) && per_shard=4
     (( per_shard < 1 )) && per_shard=1
     WORKER_ARGS=(--num_workers "$per_shard")
 fi

@@ -218,7 +218,7 @@ def test_gpu_round_robin_and_exit_codes(tmp_path, fake_tools):
     assert proc.returncode == 3, proc.stdout + proc.stderr  # first non-zero code in shard order
     logs = [(out / "logs" / f"shard_{i}.log").read_text() for i in range(3)]
     assert "finished" in logs[0]  # waited for the slow shard although others failed
-    workers = max(1, min(4, len(os.sched_getaffinity(0)) // 3 - 1))  # the cores shared out among 3 shards
+    workers = max(1, len(os.sched_getaffinity(0)) // 3 - 1)  # the cores shared out among 3 shards, no cap
     for i, log in enumerate(logs):
         assert f"CUDA_VISIBLE_DEVICES={i % 2}" in log
         assert (f"vjepa2_extractor.py --image_dir {src} --output_dir {out} --shard {i}/3 --device cuda "
