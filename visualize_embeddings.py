@@ -5,8 +5,8 @@ r"""Pictures for feature files: per temporal token, a UMAP/PCA projection PNG an
     python visualize_embeddings.py feats/features_shard000of001_chunk00000.pt --output_dir pics \
         --image_root images/ --method pca
 
-Reads window files (.pt, .safetensors) from vjepa2_sequential_extractor.py and image chunk files
-from vjepa2_extractor.py. A chunk's keys are image paths relative to that run's --image_dir: pass
+Reads window files (.pt, .safetensors) written by vjepa2_sequential_extractor.py and image chunk
+files written by vjepa2_extractor.py. A chunk's keys are image paths relative to that run's --image_dir: pass
 the same folder as --image_root for the overlays (or --no_overlay for projections only). One
 projection is fitted on a sample of all given files, so colours agree across them. Overlays sit
 exactly on the region the features cover (the covered box in each file's metadata: the centre crop,

@@ -19,17 +19,20 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_output_over_input(outputs: Iterable[tuple[str, str | os.PathLike]],
-                             inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
-    """ConfigError (exit 2) when an output would replace an input. Both are (what, path) pairs,
-    `what` naming the flag or role in the message."""
+def _refuse_overlap(outputs, inputs, consequence: str) -> None:
     inputs = [(what, Path(p)) for what, p in inputs]
     for out_what, out in outputs:
         out = Path(out)
         for in_what, path in inputs:
             if same_file(out, path):
-                raise ConfigError(f"{out_what} {out} is {in_what} {path} of this command: writing it would "
-                                  "replace an input; choose another output")
+                raise ConfigError(f"{out_what} {out} is {in_what} {path} of this command: {consequence}")
+
+
+def refuse_output_over_input(outputs: Iterable[tuple[str, str | os.PathLike]],
+                             inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """ConfigError (exit 2) when an output would replace an input. Both are (what, path) pairs,
+    `what` naming the flag or role in the message."""
+    _refuse_overlap(outputs, inputs, "writing it would replace an input; choose another output")
 
 
 def refuse_folder_as_file(path: str | os.PathLike, flag: str) -> Path:
@@ -45,10 +48,4 @@ def refuse_folder_over_input(outputs: Iterable[tuple[str, str | os.PathLike]],
     """ConfigError (exit 2) when an output folder is an input folder (or file) of the same command:
     what is written there would mix with (or replace) what is read. Pairs as for
     `refuse_output_over_input`."""
-    inputs = [(what, Path(p)) for what, p in inputs]
-    for out_what, out in outputs:
-        out = Path(out)
-        for in_what, path in inputs:
-            if same_file(out, path):
-                raise ConfigError(f"{out_what} {out} is {in_what} {path} of this command: its files would mix with "
-                                  "the inputs; choose another folder")
+    _refuse_overlap(outputs, inputs, "its files would mix with the inputs; choose another folder")

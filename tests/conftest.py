@@ -146,3 +146,17 @@ def run_main(script: str, *args, env: dict | None = None, threads: int | None = 
         root.setLevel(saved_level)
         torch.set_num_threads(saved_threads)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """One real single-node Slurm cluster (Debian's slurm-wlm and munge) for the session's job-array
+    tests; skipped with the reason where it cannot start."""
+    from tests import slurm_cluster
+
+    try:
+        cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    except slurm_cluster.ClusterUnavailable as exc:
+        pytest.skip(f"no Slurm cluster: {exc}")
+    yield cluster
+    cluster.stop()

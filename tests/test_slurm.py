@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from src import features, sharding
-from tests import slurm_cluster
 from tests.conftest import clean_env, make_image_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,16 +16,6 @@ TEMPLATE = REPO / "examples" / "slurm_array.sbatch"
 # Resources of this test machine instead of the template's 8 CPUs / 64 GB: options given to
 # sbatch on its command line win over the #SBATCH lines, the file stays as shipped.
 SMALL = ["--cpus-per-task=1", "--mem=500M"]
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    try:
-        cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    except slurm_cluster.ClusterUnavailable as exc:
-        pytest.skip(f"no Slurm cluster: {exc}")
-    yield cluster
-    cluster.stop()
 
 
 def chunks(out: Path) -> dict[str, dict]:

@@ -10,22 +10,11 @@ import pytest
 import torch
 
 from src import features
-from tests import slurm_cluster
 from tests.conftest import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "examples" / "slurm_videos.sbatch"
 SMALL = ["--cpus-per-task=1", "--mem=500M"]  # this machine's share, instead of the template's 8 CPUs
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    try:
-        cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    except slurm_cluster.ClusterUnavailable as exc:
-        pytest.skip(f"no Slurm cluster: {exc}")
-    yield cluster
-    cluster.stop()
 
 
 def _clip(path: Path, seconds: float) -> None:
