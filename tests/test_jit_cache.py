@@ -27,8 +27,9 @@ print("colours", hashlib.sha256(proj.colors(x[400:]).tobytes()).hexdigest())
 """
 
 
-def _start(cache_dir: Path) -> subprocess.Popen:
-    env = clean_env(NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(REPO))
+def _start(cache_dir: Path, temp_dir: Path) -> subprocess.Popen:
+    # TMPDIR: the fallback cache of an unusable folder lands in the test's own folder, not in /tmp
+    env = clean_env(NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=str(REPO), TMPDIR=str(temp_dir))
     return subprocess.Popen([sys.executable, "-c", FIT_AND_COLOUR], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -37,19 +38,22 @@ def test_racing_processes_and_an_unusable_cache_folder_give_the_same_colours(tmp
     shared = tmp_path / "cache"  # empty: both racers compile and save the same kernels at once
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    procs = [_start(shared), _start(shared), _start(not_a_folder / "numba")]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    procs = [_start(shared, temp), _start(shared, temp), _start(not_a_folder / "numba", temp)]
     results = [p.communicate(timeout=900) for p in procs]
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-2000:]
     digests = {out.split("colours ")[1].strip() for out, _ in results}
     assert len(digests) == 1
+    assert len(list(temp.glob("vjepa2-numba-*"))) == 1  # the unusable folder's process fell back to a temp cache
     assert "compiling" in results[0][1] and "not yet in the cache" in results[0][1]  # the cost is logged
     unusable_log = results[2][1]
     assert unusable_log.count("not usable") == 1 and str(not_a_folder / "numba") in unusable_log
     assert list(shared.rglob("*.nbi")) and list(shared.rglob("*.nbc"))  # index and code files saved
 
     # A third process on the now-warm cache compiles nothing and colours the same.
-    out, err = _start(shared).communicate(timeout=600)
+    out, err = _start(shared, temp).communicate(timeout=600)
     assert "not yet in the cache" not in err, err[-2000:]
     assert out.split("colours ")[1].strip() in digests
 
