@@ -34,18 +34,13 @@ def hf_config_dict(encoder: VisionTransformer) -> dict:
 def _read_hf_weights(directory: Path) -> dict:
     from safetensors.torch import load_file
 
-    files = sorted(directory.glob("*.safetensors"))
-    if files:
-        state_dict = {}
-        for f in files:
-            state_dict.update(load_file(f))
-        return state_dict
-    bins = sorted(directory.glob("pytorch_model*.bin"))
-    if bins:
-        state_dict = {}
-        for f in bins:
-            state_dict.update(load_pickle_free(f))
-        return state_dict
+    for pattern, load in (("*.safetensors", load_file), ("pytorch_model*.bin", load_pickle_free)):
+        files = sorted(directory.glob(pattern))  # sharded checkpoints: every shard, merged
+        if files:
+            state_dict = {}
+            for f in files:
+                state_dict.update(load(f))
+            return state_dict
     raise ModelSpecError(f"{directory}: no *.safetensors or pytorch_model*.bin weights next to config.json")
 
 
