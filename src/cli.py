@@ -11,6 +11,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -190,3 +191,15 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
             raise
         print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def run_script(main: Callable[[list[str] | None], int]) -> int:
+    """`run` for a script's `__main__` block, which exits with the code returned.
+
+    The collector is frozen first: everything is written and closed by then, and the interpreter's
+    last collections over torch's, scikit-learn's and numba's objects took ~0.5 s of every run
+    (measured on the README job). Not for in-process callers, whose objects must stay collectable.
+    """
+    code = run(main)
+    gc.freeze()
+    return code

@@ -91,3 +91,17 @@ def test_refused_run_leaves_no_empty_output_folder(tmp_path):
                         "--frame_dir", frames, "--first_frame", "99", "--output_dir", out)
         assert proc.returncode == 2 and "from frame 99 on" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # made by this run: removed; the user's: kept
+
+
+def test_run_script_returns_the_exit_code_and_freezes_the_collector_for_exit():
+    import gc
+
+    def fails(argv):
+        raise cli.UsageError("bad flag")
+
+    assert gc.get_freeze_count() == 0
+    try:
+        assert cli.run_script(fails) == cli.EXIT_USAGE
+        assert gc.get_freeze_count() > 0  # the process's last collections will skip these objects
+    finally:
+        gc.unfreeze()

@@ -39,6 +39,26 @@ def test_original_checkpoint_roundtrip_through_transformers(tmp_path, key):
     assert (ours - _features(other, x)).abs().max() > 1e-2  # the other key really differs
 
 
+def test_checkpoints_load_without_drawing_random_weights(tmp_path):
+    """Built on the meta device: loading draws nothing from the RNG, leaves nothing on meta, and a
+    bf16 checkpoint becomes the model's fp32 parameters as a copying load would make them."""
+    enc = small_encoder("vit_large", depth=2)
+    half = {k: v.to(torch.bfloat16) for k, v in enc.state_dict().items()}
+    torch.save({"encoder": half}, tmp_path / "bf16.pt")
+    hf = hf_model_from(enc)
+    hf.save_pretrained(tmp_path / "hf")
+    for spec in (tmp_path / "bf16.pt", tmp_path / "hf"):
+        rng = torch.random.get_rng_state()
+        loaded = load_encoder(str(spec), img_size=32, num_frames=4)
+        assert torch.equal(torch.random.get_rng_state(), rng), spec  # no random init was drawn
+        for name, value in loaded.state_dict().items():
+            assert value.device.type == "cpu" and value.dtype == torch.float32, name
+            want = half[name].float() if spec.suffix == ".pt" else enc.state_dict()[name]
+            assert torch.equal(value, want), name
+    x = torch.randn(1, 3, 4, 32, 32)
+    assert (_features(loaded, x) - _features(enc, x)).abs().max() <= 1e-5
+
+
 def test_giant_width_loads_with_22_heads(tmp_path):
     giant = small_encoder("vit_giant_xformers", depth=1)
     path = write_original_checkpoint(tmp_path / "vitg.pt", giant)

@@ -3,12 +3,13 @@ the `VJEPA2Config` describing one of our encoders."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from src.errors import ModelSpecError
 from src.models.vision_transformer import VisionTransformer
 from src.models.weights.hf_keys import encoder_from_hf
-from src.models.weights.loading import load_pickle_free, load_state_dict_strict
+from src.models.weights.loading import build_with_weights, load_pickle_free
 
 DEFAULT_HUB_MODEL = "facebook/vjepa2-vitg-fpc64-384"
 
@@ -52,7 +53,8 @@ def load_hf_directory(directory: str | Path, img_size: int | None = None, num_fr
         raise ModelSpecError(f"{directory}: no config.json (not a transformers model directory)")
     config = json.loads(config_path.read_text())
     patch = config.get("patch_size", 16)
-    model = VisionTransformer(
+    make_model = partial(
+        VisionTransformer,
         img_size=img_size or config.get("crop_size", 256),
         num_frames=num_frames,
         patch_size=patch[0] if isinstance(patch, (list, tuple)) else patch,
@@ -67,8 +69,7 @@ def load_hf_directory(directory: str | Path, img_size: int | None = None, num_fr
     )
     hf_state = _read_hf_weights(directory)
     prefix = "vjepa2.encoder." if any(k.startswith("vjepa2.encoder.") for k in hf_state) else "encoder."
-    load_state_dict_strict(model, encoder_from_hf(hf_state, prefix=prefix), str(directory))
-    return model
+    return build_with_weights(make_model, encoder_from_hf(hf_state, prefix=prefix), str(directory))
 
 
 def download_hub_model(repo_id: str) -> Path:

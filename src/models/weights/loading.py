@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,9 +16,30 @@ def key_list(keys, limit: int = 12) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def build_with_weights(make_model: Callable[[], torch.nn.Module], state_dict: dict, source: str) -> torch.nn.Module:
+    """`make_model()` holding `state_dict`'s tensors as its weights, checked as strictly as
+    `load_state_dict_strict`.
+
+    The model is built on the meta device, so no random initialisation is drawn only to be
+    overwritten (~1.2 s and 1.2 GB of first-touched memory for a ViT-L); the checkpoint's tensors
+    become the parameters, each cast to the dtype the model declares (as a copying load would).
+    """
+    with torch.device("meta"):
+        model = make_model()
+    expected = model.state_dict()
+    _check_keys(expected, state_dict, source)
+    weights = {k: v.to(dtype=expected[k].dtype).contiguous() for k, v in state_dict.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
     """Load every key or fail with one message naming the missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
+    _check_keys(model.state_dict(), state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _check_keys(expected: dict, state_dict: dict, source: str) -> None:
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -34,7 +56,6 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str
         problems.append(f"wrong shapes: {key_list(mismatched, 6)}")
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not match the model; " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
 
 
 def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:

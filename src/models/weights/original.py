@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from src.errors import CheckpointError
 from src.models.registry import V2_1_OPTIONS
 from src.models.vision_transformer import VisionTransformer
-from src.models.weights.loading import block_indices, key_list, load_pickle_free, load_state_dict_strict, strip_prefixes
+from src.models.weights.loading import block_indices, build_with_weights, key_list, load_pickle_free, strip_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,8 @@ def load_original_checkpoint(
         logger.info("%s: no crop size given; using %d (%s)", path.name, img_size,
                     "all released 2.1 encoders are 384 px" if generation == "2.1"
                     else "pass img_size=384 for 384 px checkpoints")
-    model = VisionTransformer(img_size=img_size, num_frames=num_frames, **arch)
-    load_state_dict_strict(model, state_dict, f"{path} ['{checkpoint_key}'] (V-JEPA {generation})")
+    model = build_with_weights(partial(VisionTransformer, img_size=img_size, num_frames=num_frames, **arch),
+                               state_dict, f"{path} ['{checkpoint_key}'] (V-JEPA {generation})")
     logger.info("loaded %s['%s']: V-JEPA %s, width %d, depth %d, %d heads", path.name, checkpoint_key, generation,
                 arch["embed_dim"], arch["depth"], arch["num_heads"])
     return model
