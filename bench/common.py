@@ -17,13 +17,10 @@ from pathlib import Path
 
 import torch
 
-from src.package import cpu_name
+from src.machine import CPU_FLAGS_OF_INTEREST, cpu_flags, cpu_name  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 16  # frames per window, as the extractors' default
-# SIMD features that decide which CPU kernels run (oneDNN / MKL / inductor pick by these)
-CPU_FLAGS_OF_INTEREST = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                         "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -86,19 +83,6 @@ def load_average() -> list[float] | None:
 
 
 # ----------------------------------------------------------------------------- machine
-def cpu_flags() -> list[str]:
-    """The SIMD flags of interest this CPU reports (Linux `/proc/cpuinfo`; elsewhere empty), sorted."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    present = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            present.update(line.split(":", 1)[1].split())
-    return sorted(present & set(CPU_FLAGS_OF_INTEREST))
-
-
 def machine_info(device: torch.device | str = "cpu", packages: tuple[str, ...] = ("transformers",)) -> dict:
     """Where a figure was measured: CPU (name, flags, cores), memory, torch and its CPU kernels,
     the versions of `packages` (those importable), the GPU if `device` is CUDA, the load."""

@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.package import cpu_name  # noqa: E402
+from src.machine import cpu_name  # noqa: E402
 from src.pages.explorer import render_explorer  # noqa: E402
 from src.pages.html import packed  # noqa: E402
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from src.device import resolve_device, resolve_dtype  # noqa: F401  (re-exported for the scripts)
 from src.errors import ConfigError, InputError, OutputWriteError, ToolkitError, UsageError  # noqa: F401
+from src.models.kernel_choice import CPU_LINEAR_MODES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_WRITE = 0, 1, 2, 3, 4
 
@@ -59,6 +60,9 @@ def common_parser() -> argparse.ArgumentParser:
                             "the released encoder of that width, e.g. 22 for 1408 wide; 16 for a vit_giant)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (first batch compiles for a while; see bench/PERFORMANCE.md)")
+    group.add_argument("--cpu_linear", choices=CPU_LINEAR_MODES, default="auto",
+                       help="CPU fp32 linears: fused oneDNN calls or plain nn.Linear; auto times both once per "
+                            "machine and shape and keeps the faster (in ~/.cache/vjepa2/cpu_kernels.json)")
     add_device_arguments(group)
     return parser
 

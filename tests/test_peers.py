@@ -19,6 +19,10 @@ def test_race_checks_every_peer_for_exactness_first():
         assert entry["max_abs_diff"] <= peers.TOLERANCE, (name, entry)  # an exact export, not a lookalike
         assert entry["wall_median_s"] > 0 and entry["ours_speedup"] > 0
     assert 0 < result["ours_share_of_matmul_rate"]
+    # ours on the CPU linear path this machine did not choose, for comparison (the same features in fp32)
+    assert result["ours_cpu_linear"]["source"] == "small"  # a tiny model is not worth timing
+    other = contestants["ours, plain linears"]
+    assert other["max_abs_diff"] <= 1e-5 and other["wall_median_s"] > 0
     assert result["cpu_flags"] and any("| onnxruntime |" in line or "not installed" in line
                                        for line in peers.markdown(result))
     assert {row["target"].split(" ≥")[0] for row in peers.targets(result, {})} == {"our encoder"}

@@ -26,23 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import cpu_flags
 from bench.sections import Settings
 from src.inference import ClipEncoder
+from src.machine import cpu_flags, cpu_name
 from src.models.flops import count_forward_flops
+from src.models.kernel_choice import set_cpu_linear
 from src.models.weights import encoder_to_hf, hf_config_dict
 
 TOLERANCE = 1e-4
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def transformers_contestant(encoder) -> callable:
@@ -127,11 +118,30 @@ def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str =
     x = torch.randn(1, 3, frames, size, size)
     with torch.inference_mode():
         reference = model(x).float().numpy()
-    contestants = {"ours": lambda clip: ours.encode(clip), "matmul": matmul_contestant(model, frames, size)}
-    result = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": threads,
+    ours.encode(x)  # the first batch makes this machine's CPU linear choice (timed once, then cached)
+    chosen = model.blocks[0].attn.cpu_fused
+    other = "plain" if chosen else "fused"
+
+    def ours_other_path(clip):  # what the choice saved: the same encoder on the path it did not pick
+        set_cpu_linear(model, not chosen)
+        try:
+            return ours.encode(clip)
+        finally:
+            set_cpu_linear(model, chosen)
+
+    contestants = {"ours": lambda clip: ours.encode(clip), f"ours, {other} linears": ours_other_path,
+                   "matmul": matmul_contestant(model, frames, size)}
+    result = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "threads": threads,
               "model": f"{width_arch} width, depth {depth}, {frames}x{size}x{size}, fp32",
               "gflop_per_clip": count_forward_flops(model, frames, size, size) / 1e9, "contestants": {}}
+    result["ours_cpu_linear"] = {k: v for k, v in (ours.cpu_linear or {}).items() if k not in ("machine", "widths")}
     result["contestants"]["ours"] = {"max_abs_diff": 0.0}
+    with torch.inference_mode():  # in fp32 (encode returns fp16)
+        set_cpu_linear(model, not chosen)
+        other_features = model(x)
+        set_cpu_linear(model, chosen)
+        other_diff = (other_features - model(x)).abs().max()
+    result["contestants"][f"ours, {other} linears"] = {"max_abs_diff": float(other_diff)}
     result["contestants"]["matmul"] = {"max_abs_diff": float("nan")}
     builders = {"transformers": lambda: transformers_contestant(model)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +184,8 @@ def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str =
     for name in contestants:
         result["contestants"][name]["ours_speedup"] = result["contestants"][name]["wall_median_s"] / ours_s
     result["ours_share_of_matmul_rate"] = result["contestants"]["matmul"]["wall_median_s"] / ours_s
-    raced = {n: e for n, e in result["contestants"].items() if n not in ("ours", "matmul") and "wall_median_s" in e}
+    raced = {n: e for n, e in result["contestants"].items() if not n.startswith(("ours", "matmul"))
+             and "wall_median_s" in e}
     if raced:
         fastest = min(raced, key=lambda n: raced[n]["wall_median_s"])
         result["fastest_peer"] = fastest
@@ -185,7 +196,9 @@ def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str =
 def markdown(result: dict) -> list[str]:
     lines = ["", f"## Our encoder against the peers a CPU user would pick ({result['threads']} threads)", "",
              f"CPU: {result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, torch "
-             f"{result['torch']}; {result['model']}", "",
+             f"{result['torch']}; {result['model']}; our CPU linears: "
+             f"{'fused' if result['ours_cpu_linear'].get('fused') else 'plain'} "
+             f"({result['ours_cpu_linear'].get('source', 'no choice')})", "",
              "| contestant | max abs Δ vs ours | wall median (s) | CPU time (s) | GFLOP/s | ours is … × faster |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, e in result["contestants"].items():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-# Set to False to get the plain nn.Linear path (bench/ablation.py does, to measure the effect).
+# Set to False to get the plain nn.Linear path everywhere (bench/ablation.py does, to measure the
+# effect). Per model, `src.models.kernel_choice` picks the path this machine runs faster.
 FUSED_CPU_LINEAR = True
 
 
@@ -21,6 +22,11 @@ def _onednn_linear_ops():
 
 
 ONEDNN_LINEAR = _onednn_linear_ops() if torch.backends.mkldnn.is_available() else None
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has the fused oneDNN linears (and they are not switched off)."""
+    return FUSED_CPU_LINEAR and ONEDNN_LINEAR is not None
 
 
 def use_fused_linear(x: torch.Tensor) -> bool:

@@ -34,6 +34,8 @@ class PatchEmbed3D(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with fused qkv; 3D RoPE on q and k when tables are given."""
 
+    cpu_fused = True  # the oneDNN fused linears where they apply (see src.models.kernel_choice)
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, scale: float | None = None):
         super().__init__()
         if dim % num_heads:
@@ -48,7 +50,7 @@ class Attention(nn.Module):
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of `x` `[B, N, D]`; with `residual`, returns `residual + attention` (fused on CPU)."""
         B, N, D = x.shape
-        fused = use_fused_linear(x)
+        fused = self.cpu_fused and use_fused_linear(x)
         qkv = fused_linear(x, self.qkv) if fused else self.qkv(x)
         # views, no copies: q, k, v keep qkv's memory ([B, N, 3, heads, head_dim] permuted)
         q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -62,6 +64,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    cpu_fused = True  # as Attention.cpu_fused
+
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
@@ -70,7 +74,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """MLP of `x`; with `residual`, returns `residual + mlp(x)` (fused on CPU)."""
-        if use_fused_linear(x) and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+        if self.cpu_fused and use_fused_linear(x) and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
             h = fused_linear(x, self.fc1, "gelu")
             return self.fc2(h) if residual is None else fused_linear_add(h, self.fc2, residual)
         out = self.fc2(self.act(self.fc1(x)))
