@@ -37,8 +37,9 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
     source = FrameSource()
     emitted: set[int] = set()  # frame ids already animated (overlapping windows repeat frames)
     with ExitStack() as stack:
-        # PNGs encoded on worker threads (entered first: its jobs finish after the videos close),
-        # GIF frames quantised here (fast octree), the MP4 encoded by ffmpeg in its own process
+        # PNGs encoded on worker threads (entered first: its jobs finish after the videos close);
+        # each video fed from a thread of its own: GIF frames quantised there (fast octree), the MP4
+        # piped to ffmpeg, which encodes in its own process
         workers = stack.enter_context(PictureWriters())
         writers: dict[str, list[VideoWriter]] = {}
         names = ["combined"] if options.combined and todo["views"] else todo["views"]
@@ -47,7 +48,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             for fmt in todo["formats"]:
                 path = out / "videos" / f"{name}.{fmt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt)))
+                writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, background=True)))
                 written.append(path)
         for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
                          disable=None):
@@ -95,6 +96,8 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                 for name, image in composed.items():
                     for writer in writers[name]:
                         writer.append(image)
+        for writer in (w for ws in writers.values() for w in ws):
+            writer.finish()  # ffmpeg's last frames and the GIF's LZW at once, on their own threads
     source.close()
     return written
 

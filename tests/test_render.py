@@ -203,11 +203,11 @@ def _flat_frames(n: int, h: int, w: int) -> list[np.ndarray]:
     return [np.broadcast_to(c.astype(np.uint8), (h, w, 3)).copy() for c in cols]
 
 
-@pytest.mark.parametrize("h,w", [(90, 160), (91, 161)])
-def test_mp4_roundtrip(tmp_path, h, w):
+@pytest.mark.parametrize("h,w,background", [(90, 160, False), (91, 161, False), (91, 161, True)])
+def test_mp4_roundtrip(tmp_path, h, w, background):
     path = tmp_path / "out.mp4"
     frames = _flat_frames(20, h, w)
-    with VideoWriter(path, fps=10, fmt="mp4") as vw:
+    with VideoWriter(path, fps=10, fmt="mp4", background=background) as vw:
         for f in frames:
             vw.append(f)
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
@@ -241,14 +241,36 @@ def test_gif_frames_and_durations(tmp_path):
             assert np.abs(rgb - frames[i]).mean() < 3
 
 
+@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("fmt", ["mp4", "gif"])
-def test_exception_inside_writer_leaves_no_file(tmp_path, fmt):
+def test_exception_inside_writer_leaves_no_file(tmp_path, fmt, background):
     path = tmp_path / f"out.{fmt}"
     with pytest.raises(RuntimeError):
-        with VideoWriter(path, fps=10, fmt=fmt) as vw:
+        with VideoWriter(path, fps=10, fmt=fmt, background=background) as vw:
             for f in _flat_frames(3, 16, 16):
                 vw.append(f)
             raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "gif"])
+def test_a_frame_failing_on_the_writer_thread_is_raised_here_and_leaves_no_file(tmp_path, fmt, monkeypatch):
+    real = VideoWriter._write_frame
+
+    def second_fails(self, arr):
+        if self._failing_after == 0:
+            raise OSError("disk full")
+        self._failing_after -= 1
+        real(self, arr)
+
+    monkeypatch.setattr(VideoWriter, "_write_frame", second_fails)
+    path = tmp_path / f"out.{fmt}"
+    writer = VideoWriter(path, fps=10, fmt=fmt, background=True)
+    writer._failing_after = 1
+    with pytest.raises(OSError, match="disk full"):
+        with writer:
+            for f in _flat_frames(6, 16, 16):
+                writer.append(f)
     assert list(tmp_path.iterdir()) == []
 
 
