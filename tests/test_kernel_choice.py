@@ -134,3 +134,35 @@ def test_batches_too_small_to_time_keep_the_fused_path_untimed(cache, monkeypatc
     set_cpu_linear(model, False)
     assert choose_cpu_linear(model, tokens=64) == {"fused": True, "source": "small"}  # 1.6 GFLOP
     assert _paths(model) == {True} and not cache.exists()
+
+
+_FIRST_BATCH = """
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from src.inference import ClipEncoder
+encoder = ClipEncoder("random:vit_large,depth=1", device="cpu", img_size=256)
+encoder.encode(torch.zeros(1, 3, 16, 256, 256, dtype=torch.uint8))
+print("CHOICE", encoder.cpu_linear["source"], encoder.cpu_linear["fused"])
+"""
+
+
+@needs_onednn
+def test_processes_starting_together_time_once_and_run_the_same_path(tmp_path):
+    """The shards of a job on a new machine take turns: one times, the others read its choice."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import clean_env
+
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_BATCH], cwd=Path(__file__).resolve().parents[1], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    choices = sorted(line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("CHOICE"))
+    assert [source for source, _ in choices] == ["cached", "cached", "timed"], outputs
+    assert len({fused for _, fused in choices}) == 1  # every process on the one path
+    assert sum("timed on this machine" in out for out in outputs) == 1
+    entry, = json.loads((tmp_path / "vjepa2" / kernel_choice.CACHE_NAME).read_text()).values()
+    assert entry["machine"]["threads"] == 1 and entry["timed_tokens"] == 2048

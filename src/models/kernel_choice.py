@@ -13,12 +13,15 @@ and a clip's features must not depend on the batch it happened to share. `mode` 
 `MIN_TIMED_GFLOP` keep the fused path untimed: there both cost a few milliseconds and a timing
 would only measure noise.
 
-Two processes timing at once may each write the file (whole-file renames, so never a torn file);
-the later write keeps the other's entry only if it read it first, otherwise that shape is simply
-timed again by a later run.
+Processes that start together on a new machine (the shards of a Slurm array, the workers of
+`run_parallel_extraction.sh`) take turns on a lock file beside the cache: one times, the others
+wait a second or two and read its choice, so every shard runs the same path (and no timing runs
+while another competes for the cores). Where the lock cannot be taken (a read-only home, no
+`fcntl`) each process times by itself; the file is always replaced whole, never torn.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +31,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -71,6 +75,23 @@ def _widths(block: nn.Module) -> dict:
 def _entry_key(machine: dict, widths: dict) -> str:
     text = json.dumps({"machine": machine, "widths": widths}, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+@contextlib.contextmanager
+def _turn(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`.lock while reading, timing and writing the choice."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")
+    except (ImportError, OSError) as exc:
+        logger.debug("no lock for %s (%s): timing without waiting for other processes", path, exc)
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _read_cache(path: Path) -> dict:
@@ -145,6 +166,11 @@ def choose_cpu_linear(model: nn.Module, tokens: int, mode: str = "auto") -> dict
         logger.debug("CPU linears: fused, untimed (%.2f GFLOP per block: too little to time)", gflop)
         return {"fused": True, "source": "small"}
     key, path = _entry_key(machine, widths), cache_file()
+    with _turn(path):
+        return _cached_or_timed(model, tokens, machine, widths, key, path)
+
+
+def _cached_or_timed(model: nn.Module, tokens: int, machine: dict, widths: dict, key: str, path: Path) -> dict:
     entry = _read_cache(path).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("fused"), bool):
         set_cpu_linear(model, entry["fused"])
