@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -23,18 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.frames import find_frames, load_image  # noqa: E402
+from bench.common import make_frames  # noqa: E402
+from src.frames import load_image  # noqa: E402
 from src.inference import ClipEncoder  # noqa: E402
 from src.extract.seed import SequentialVJEPA2Extractor  # noqa: E402
 
 WINDOW = 16
-
-
-def make_frames(directory: Path, count: int) -> list[Path]:
-    sources = sorted((REPO / "examples" / "frames").glob("frame_*.jpg"))
-    for i in range(count):
-        shutil.copy(sources[i % len(sources)], directory / f"frame_{i:05d}.jpg")
-    return [p for _, p in find_frames(directory)]
 
 
 def naive_loop(encoder: ClipEncoder, frames: list[Path], out: Path) -> float:

@@ -202,7 +202,7 @@ def fetch_rows(table_dir: Table, positions) -> list[dict]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _time_range(row: dict) -> tuple:
+def time_range(row: dict) -> tuple:
     """(first, last) timestamp of a row's real (unpadded) frames; (None, None) without timestamps."""
     stamps = row.get("timestamps") or []
     if not stamps:
@@ -221,7 +221,7 @@ def write_matches_csv(path: str | os.PathLike, queries: list[Query], scores: np.
         writer.writerow(["query", "rank", "similarity", *CSV_COLUMNS])
         for query, query_scores, matches in zip(queries, scores, rows):
             for rank, (score, row) in enumerate(zip(query_scores, matches), start=1):
-                start, end = _time_range(row)
+                start, end = time_range(row)
                 values = {**row, "start_time": start, "end_time": end}
                 writer.writerow([query.name, rank, f"{score:.6f}", *("" if values.get(c) is None else values[c]
                                                                      for c in CSV_COLUMNS)])

@@ -280,7 +280,7 @@ def _time_in_source(rows: list[dict], source_index: np.ndarray, first: np.ndarra
 def _columns(rows, source_index, xy, label_codes, cluster, thumb_index, nbr, sims) -> dict:
     """The per-row numeric columns, packed (see html.packed)."""
     first = np.array([_first_frame(r) for r in rows], np.int64)
-    spans = [search._time_range(r) for r in rows]
+    spans = [search.time_range(r) for r in rows]
     missing = lambda v: -1 if v is None else int(v)  # noqa: E731
     return {
         "x": packed(xy[:, 0], "f4"), "y": packed(xy[:, 1], "f4"), "source": packed(source_index, "i4"),
