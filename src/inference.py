@@ -123,6 +123,10 @@ class ClipEncoder:
         # CPU fp32 eager: fused or plain linears, chosen on the first batch's real token count
         self._cpu_linear_pending = (self.device.type == "cpu" and self.dtype == torch.float32
                                     and not self.compiled)
+        if options.cpu_linear != "auto" and not self._cpu_linear_pending:
+            logger.warning("--cpu_linear %s is ignored: it applies to eager fp32 runs on the CPU (this one: %s on "
+                           "%s%s)", options.cpu_linear, str(self.dtype).removeprefix("torch."), self.device,
+                           ", compiled" if self.compiled else "")
         self.cpu_linear: dict | None = None
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.

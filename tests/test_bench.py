@@ -126,3 +126,24 @@ def test_gpu_targets_judge_speed_precision_and_mfu():
     (row,) = mfu.targets([run], gpu)
     assert row["met"] and "44.0 % at batch 4" in row["value"]
     assert mfu.targets([run], {"device": "cpu"}) == []
+
+
+def test_readme_job_accounts_for_every_second_of_each_run(tmp_path):
+    """bench/readme_job.py runs the README command in child processes (their start-up and exit are
+    measured), here interleaved with HEAD's tree, and splits each wall time into its phases."""
+    from bench import readme_job
+
+    in_git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=readme_job.REPO, capture_output=True).returncode == 0
+    against = ["--against", "HEAD"] if in_git else []  # a copy of the tree without .git: this tree only
+    out = tmp_path / "readme_job.json"
+    assert readme_job.main(["--model", "random:tiny", "--runs", "1", "--no_warmup", *against,
+                            "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["tree"] for r in result["rows"]] == ["this tree"] + (["HEAD"] if in_git else [])
+    for row in result["rows"]:
+        assert min(row[k] for k in ("windows", "projection", "drawing", "rest")) > 0
+        parts = row["windows"] + row["setup"] + row["projection"] + row["drawing"] + row["rest"]
+        assert abs(parts - row["wall"]) < 1e-6
+        assert abs(row["non_encoder_per_extraction"] - (row["wall"] - row["windows"]) / row["windows"]) < 1e-9
+    table = out.with_suffix(".md").read_text()
+    assert "| drawing / extraction |" in table and result["machine"]["cpu"] in table

@@ -105,13 +105,16 @@ def test_a_damaged_or_unwritable_cache_never_fails_a_run(tmp_path, monkeypatch, 
     assert "cannot save the CPU linear choice" in caplog.text
 
 
-def test_no_choice_without_onednn_or_off_the_cpu_fp32_path(cache, monkeypatch):
+def test_no_choice_without_onednn_or_off_the_cpu_fp32_path(cache, monkeypatch, caplog):
     monkeypatch.setattr(fused_cpu, "FUSED_CPU_LINEAR", False)
     assert choose_cpu_linear(small_encoder("vit_large", depth=1), 64) is None
     monkeypatch.setattr(fused_cpu, "FUSED_CPU_LINEAR", True)
     bf16 = ClipEncoder("random:tiny", device="cpu", dtype="bf16", img_size=32)
     bf16.encode(torch.zeros(1, 3, 16, 32, 32, dtype=torch.uint8))
     assert bf16.cpu_linear is None and not cache.exists()
+    with caplog.at_level(logging.WARNING, logger="src.inference"):
+        ClipEncoder("random:tiny", device="cpu", dtype="bf16", img_size=32, cpu_linear="plain")
+    assert "--cpu_linear plain is ignored: it applies to eager fp32 runs on the CPU (this one: bfloat16" in caplog.text
 
 
 @needs_onednn
