@@ -95,7 +95,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                     composed = views
                 for name, image in composed.items():
                     for writer in writers[name]:
-                        writer.append(image)
+                        writer.append(image, copy=False)  # composed for the videos alone, never changed
         for writer in (w for ws in writers.values() for w in ws):
             writer.finish()  # ffmpeg's last frames and the GIF's LZW at once, on their own threads
     source.close()
