@@ -169,8 +169,12 @@ def race(quick: bool = True, threads: int = 2, depth: int = 4, width_arch: str =
         cpus = {name: [] for name in contestants}
         for fn in contestants.values():  # warm-up: first-call allocations, OpenVINO's kernel choice
             fn(x)
-        for _ in range(reps):
-            for name, fn in contestants.items():
+        names = list(contestants)
+        for rep in range(reps):
+            # each rep starts with the next contestant: whoever follows a runtime whose worker threads
+            # still spin for a moment after returning is not always the same one
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                fn = contestants[name]
                 wall, cpu = time.perf_counter(), time.process_time()
                 fn(x)
                 walls[name].append(time.perf_counter() - wall)

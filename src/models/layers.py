@@ -55,7 +55,12 @@ class Attention(nn.Module):
         # views, no copies: q, k, v keep qkv's memory ([B, N, 3, heads, head_dim] permuted)
         q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # new, contiguous q and k
+        if x.device.type == "cpu":
+            # the CPU flash kernel reads contiguous q, k, v 10-15 % faster than views into qkv (61 against
+            # 68 ms with a strided v, 70 with all three strided, at 16 × 2048 × 64); a copy costs ~1 ms
+            # (none for q and k after RoPE) and the outputs are identical
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, heads, N, hd]
         x = x.transpose(1, 2).reshape(B, N, D)  # [B, heads, N, hd] → [B, N, D]: the one copy
         if residual is None:
