@@ -2,11 +2,13 @@
 
 The oneDNN fused linears of `src.models.fused_cpu` (bias, GELU and the residual add inside the
 GEMM call) and the plain `nn.Linear` path compute the same features (≤ 1e-5 apart), but which is
-faster depends on the CPU: 1.0–1.6× for fused on an AVX-512 Xeon, 0.89–1.13× on an AVX2-only EPYC
-(issue 22). So on the first CPU fp32 batch, `choose_cpu_linear` times both on the model's own
-block-0 linears at the batch's real token count (interleaved, medians), keeps the faster, and
-records the choice in ``<$XDG_CACHE_HOME or ~/.cache>/vjepa2/cpu_kernels.json`` under the machine
-(CPU model and flags, threads, torch version) and the model's widths; later runs read it back.
+faster depends on the CPU: fused read 1.05–1.15× with 2 threads on an AMD EPYC before (the
+ablation in bench/PERFORMANCE.md), 0.89–1.13× on an AVX2-only EPYC (issue 22), and ties (±2 %) on
+an AVX-512 Xeon. So on the first CPU fp32 batch, `choose_cpu_linear` times both on the model's own
+block-0 linears at the batch's real token count (up to `MAX_TIMED_TOKENS`; interleaved, medians),
+keeps the faster, and records the choice in ``<$XDG_CACHE_HOME or ~/.cache>/vjepa2/cpu_kernels.json``
+under the machine (CPU model and flags, threads, torch version) and the model's widths; later runs
+read it back.
 One choice per machine and width, not per token count: the two paths round differently (~1e-6),
 and a clip's features must not depend on the batch it happened to share. `mode` "fused" or
 "plain" skips the timing (the scripts' `--cpu_linear`). Batches whose block linears are under
@@ -47,6 +49,9 @@ CPU_LINEAR_MODES = ("auto", "fused", "plain")
 CACHE_NAME = "cpu_kernels.json"
 _REPEATS = 3  # timed runs per path, after one untimed warm-up each
 MIN_TIMED_GFLOP = 4.0  # one block's linears on the first batch (ViT-L on one 16-frame clip: 52)
+# Timed on at most this many tokens: GEMMs this tall already run at their steady rate, and a ViT-g
+# batch of 4 clips at 384 px (18 432 tokens) would otherwise take ~30 s and ~1 GB to time on 2 cores.
+MAX_TIMED_TOKENS = 8192
 
 
 def cache_file() -> Path:
@@ -180,6 +185,7 @@ def _cached_or_timed(model: nn.Module, tokens: int, machine: dict, widths: dict,
                     entry.get("plain_s", float("nan")), path)
         return {**entry, "source": "cached"}
     started = time.perf_counter()
+    tokens = min(tokens, MAX_TIMED_TOKENS)
     seconds = time_cpu_linears(model.blocks[0], tokens)
     fused = seconds["fused"] <= seconds["plain"]
     entry = {"fused": fused, "fused_s": round(seconds["fused"], 5), "plain_s": round(seconds["plain"], 5),
