@@ -26,6 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator
 
+from src.machine import user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 # Modules whose numba functions the projection calls (fit, graph, layout, transform, NN-descent).
@@ -44,8 +46,7 @@ def default_cache_dir() -> Path:
     """``$NUMBA_CACHE_DIR``, else ``<$XDG_CACHE_HOME or ~/.cache>/vjepa2/numba``."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vjepa2" / "numba"
+    return user_cache_dir() / "numba"
 
 
 def _unusable_reason(path: Path) -> str | None:

@@ -1,10 +1,13 @@
-"""What CPU this is: its model name and the SIMD flags that decide which kernels run fast.
+"""What CPU this is (its model name and the SIMD flags that decide which kernels run fast), and the
+folder where what was worked out for this machine is kept.
 
-A leaf (standard library only): the package metadata, the bench tables and the per-machine kernel
-choice (`src.models.kernel_choice`) all name the machine the same way.
+A leaf (standard library only): the bench tables and the per-machine kernel choice
+(`src.models.kernel_choice`) name the machine the same way; the numba cache (`src.jit_cache`) and
+the kernel choice keep their files in the same folder.
 """
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -35,3 +38,8 @@ def cpu_flags() -> list[str]:
         if line.startswith(("flags", "Features")):
             present.update(line.split(":", 1)[1].split())
     return sorted(present & set(CPU_FLAGS_OF_INTEREST))
+
+
+def user_cache_dir() -> Path:
+    """``<$XDG_CACHE_HOME or ~/.cache>/vjepa2``: compiled kernels and timed choices, per user and machine."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vjepa2"

@@ -27,9 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.machine import cpu_flags, cpu_name
+from src.errors import OutputWriteError
+from src.features import atomic_write
+from src.machine import cpu_flags, cpu_name, user_cache_dir
 from src.models.fused_cpu import fused_linear, fused_linear_add, onednn_available
 from src.models.layers import Attention, Mlp
 
@@ -55,8 +55,7 @@ MAX_TIMED_TOKENS = 8192
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vjepa2" / CACHE_NAME
+    return user_cache_dir() / CACHE_NAME
 
 
 def set_cpu_linear(model: nn.Module, fused: bool) -> None:
@@ -111,15 +110,11 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, entries: dict) -> None:
+    text = json.dumps(entries, indent=1, sort_keys=True).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only home must not fail a run: the next one times again
-        logger.warning("cannot save the CPU linear choice to %s (%s); later runs will time it again",
-                       path, exc.strerror or exc)
+        atomic_write(path, lambda f: f.write(text), "CPU linear choices")
+    except OutputWriteError as exc:  # a read-only home must not fail a run: the next one times again
+        logger.warning("cannot save the CPU linear choice (%s); later runs will time it again", exc)
 
 
 def _linears(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
