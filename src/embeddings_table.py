@@ -11,7 +11,6 @@ metadata; a writer with another configuration is refused rather than mix two tab
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ import torch
 
 from src.errors import InputError, OutputWriteError, TableConfigError, UsageError
 from src.extract.pooling import POOL_METHODS, Pooling  # noqa: F401  (the table's public names)
-from src.features import atomic_write, load_any, remove_stale_temp_files
+from src.features import atomic_write, exclusive_lock, load_any, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -529,18 +528,9 @@ def feature_files(entries: list[str | os.PathLike]) -> list[Path]:
 def table_lock(table_dir: str | os.PathLike) -> Iterator[None]:
     """One `table` run per folder at a time: a second waits (an advisory flock, released when the
     run ends or dies), then skips the rows the first wrote, so no row id is written twice."""
-    lock_dir = Path(table_dir) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "table.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("%s: another run is adding rows to this table; waiting for it to finish", table_dir)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(Path(table_dir) / ".locks" / "table.lock", lambda: logger.info(
+            "%s: another run is adding rows to this table; waiting for it to finish", table_dir)):
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass

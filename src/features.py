@@ -133,6 +133,26 @@ def outputs_written(out: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an advisory `flock` on `lock_file` (created if missing) for the block, waiting while
+    another process holds it (`on_wait` is called once if it has to). Released when the block ends
+    or the process dies, kill -9 included."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def claim_output(path: str | os.PathLike) -> Iterator[bool]:
     """Exclusive claim on producing `path` across processes: yields True if this process holds it.
 

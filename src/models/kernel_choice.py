@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.errors import OutputWriteError
-from src.features import atomic_write
+from src.features import atomic_write, exclusive_lock
 from src.machine import cpu_flags, cpu_name, user_cache_dir
 from src.models.fused_cpu import fused_linear, fused_linear_add, onednn_available
 from src.models.layers import Attention, Mlp
@@ -83,18 +83,14 @@ def _entry_key(machine: dict, widths: dict) -> str:
 
 @contextlib.contextmanager
 def _turn(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path`.lock while reading, timing and writing the choice."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_name(path.name + ".lock"), "a")
-    except (ImportError, OSError) as exc:
-        logger.debug("no lock for %s (%s): timing without waiting for other processes", path, exc)
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    """Hold the lock beside `path` while reading, timing and writing the choice (without it, where
+    it cannot be taken: a read-only home times alone rather than failing)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(path.with_name(path.name + ".lock"), lambda: logger.info(
+                "another process is timing the CPU linears on this machine; waiting for its choice")))
+        except OSError as exc:
+            logger.debug("no lock for %s (%s): timing without waiting for other processes", path, exc)
         yield
 
 
