@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +51,11 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 writers[name].append(stack.enter_context(VideoWriter(path, fps, fmt, background=True)))
                 written.append(path)
-        for item in tqdm(iter_feature_items(feature_files), total=len(feature_files), unit="win", desc="pictures",
-                         disable=None):
+        prepared = stack.enter_context(_Prepared(feature_files, projections, todo["methods"], source))
+        for item, grids, ids, frames, transform_s in tqdm(prepared, total=len(feature_files), unit="win",
+                                                          desc="pictures", disable=None):
+            timings["transform_s"] += transform_s
             meta = item.metadata
-            start = time.perf_counter()
-            grids = {m: token_grids(item, projections[m]) for m in todo["methods"]}
-            timings["transform_s"] += time.perf_counter() - start
-            ids, frames = source.frames(item)
             box = meta["crop_box"]
             overlays_at: dict[tuple[str, int], object] = {}  # (method, frame position) → its overlay
 
@@ -100,6 +99,39 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
             writer.finish()  # ffmpeg's last frames and the GIF's LZW at once, on their own threads
     source.close()
     return written
+
+
+class _Prepared:
+    """Each window with its colour grids and source frames, prepared on a thread one window ahead
+    of the drawing: UMAP's transform (numba, single-threaded) runs beside the previous window's
+    overlays and encoders instead of before them. The thread alone reads the files, in order."""
+
+    def __init__(self, feature_files: list[Path], projections: dict, methods, source: FrameSource):
+        self._items = iter_feature_items(feature_files)
+        self._projections, self._methods, self._source = projections, list(methods), source
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="colours")
+
+    def _next(self):
+        item = next(self._items, None)
+        if item is None:
+            return None
+        start = time.perf_counter()
+        grids = {m: token_grids(item, self._projections[m]) for m in self._methods}
+        transform_s = time.perf_counter() - start
+        ids, frames = self._source.frames(item)
+        return item, grids, ids, frames, transform_s
+
+    def __iter__(self):
+        ahead = self._pool.submit(self._next)
+        while (window := ahead.result()) is not None:
+            ahead = self._pool.submit(self._next)
+            yield window
+
+    def __enter__(self) -> "_Prepared":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def video_fps(feature_files: list[Path], fps: float | None, frame_step: int) -> float:

@@ -267,3 +267,22 @@ def test_plan_follows_the_flags(flags, methods, pngs, views):
 
     todo = plan(get_args_parser().parse_args(["--frame_dir", "f", "--output_dir", "o", *flags]))
     assert (todo["methods"], todo["pngs"], todo["views"]) == (methods, pngs, views)
+
+
+def test_render_stops_at_an_unreadable_window_and_leaves_no_partial_video(full_run, tmp_path):
+    # the windows are read one ahead, on a thread: its error must still reach the caller, and the
+    # videos being written must be dropped, not published half-made
+    from src.animation import PictureOptions, render
+
+    windows = sorted((full_run / "features").glob("window_*.pt"))
+    broken = tmp_path / "window_broken.pt"
+    broken.write_bytes(windows[1].read_bytes()[:5000])
+    projections = {m: Projection.load(full_run / "projection" / f"{m}.npz") for m in ("umap", "pca")}
+    todo = {"methods": ["umap", "pca"], "pngs": ["umap"], "views": ["stacked"], "formats": ["mp4", "gif"]}
+    out = tmp_path / "pictures"
+    with pytest.raises(Exception) as err:
+        render([windows[0], broken, windows[2]], projections, todo, out, PictureOptions(), 8.0, {})
+    assert "window_broken.pt" in str(err.value)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == []  # no video, no hidden temporary file
+    assert len(list((out / "umap_projection").glob("window_00000_t*.png"))) == 8  # the first window's PNGs
+    assert not list((out / "umap_projection").glob("window_00002_*"))

@@ -140,6 +140,29 @@ def test_annotate_changes_only_top_left():
     assert changed[0].min() < 5 and changed[1].min() < 5
 
 
+def _annotate_on_whole_image(img, text, margin=2, padding=3):
+    """The plain way: PIL draws the box and text on the whole picture."""
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    x = y = margin + padding
+    left, top, right, bottom = draw.textbbox((x, y), text)
+    draw.rectangle((left - padding, top - padding, right + padding - 1, bottom + padding - 1), fill=(0, 0, 0))
+    draw.text((x, y), text, fill=(255, 255, 255))
+    return np.asarray(pil)
+
+
+@pytest.mark.parametrize("shape", [(360, 640), (40, 60), (9, 14), (1, 1)])
+@pytest.mark.parametrize("text", ["UMAP  frame 17 (t=3)", "g", "", "two\nlines"])
+def test_annotate_draws_the_same_pixels_as_on_the_whole_image(shape, text):
+    img = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = annotate(img, text, margin=0 if shape == (9, 14) else 2)
+    expected = _annotate_on_whole_image(img, text, margin=0 if shape == (9, 14) else 2)
+    np.testing.assert_array_equal(out, expected)
+    assert out is not img
+
+
 def test_stack_and_side_by_side_pad_with_black():
     a = np.full((10, 20, 3), 200, np.uint8)
     b = np.full((6, 12, 3), 100, np.uint8)
