@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                    "last_frame": args.last_frame, "frame_step": args.frame_step,
                    "sample_fps": args.sample_fps},
         "model": args.model, "model_info": extractor.encoder.describe(args.window),
-        "random_weights": extractor.encoder.model.is_random,
+        "random_weights": extractor.encoder.architecture.is_random,
         "flags": {k: v for k, v in vars(args).items()}, "plan": todo, "video_fps": fps,
         "windows": {"total": summary["windows"], "written": summary["ok"], "skipped": summary["skipped"],
                     "failed": summary["failed"]},
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             write_package(out / "package", files, metadata, zip_path=zip_path)
     print(f"pipeline done: {summary['ok'] + summary['skipped']} windows, {len(pictures)} pictures/videos, "
           f"package {out / 'package'} and {out / f'{out.name}_package.zip'}")
-    if extractor.encoder.model.is_random:
+    if extractor.encoder.architecture.is_random:
         print("NOTE: random-weight model: the colours show random features, not V-JEPA 2's.")
     return cli.EXIT_PARTIAL if summary["failed"] else cli.EXIT_OK
 

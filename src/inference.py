@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ class ClipEncoder:
             channels in the given order).
     """
 
-    def __init__(self, options: EncoderOptions | str, **fields):
+    def __init__(self, options: EncoderOptions | str, *, load_weights: bool = True, **fields):
         if isinstance(options, str):
             options = EncoderOptions(model=options, **fields)
         elif fields:
@@ -108,16 +109,18 @@ class ClipEncoder:
             # land: make it ours, or every shard of a torchrun/srun job also opens a context on GPU 0
             torch.cuda.set_device(self.device)
         set_tf32(options.tf32, self.device)  # opt-in; on a CPU it only warns
-        self.model = load_encoder(spec, img_size=img_size, checkpoint_key=options.checkpoint_key, device=self.device,
-                                  dtype=self.dtype, num_heads=options.num_heads)
+        # load_weights=False: the architecture alone until `load_weights()` or the first `encode` (a run
+        # whose windows are all finished plans, checks and describes itself without reading a weight)
+        self._model = self._load_model(weights=load_weights)
+        self.weights_loaded = load_weights
         layers = options.layers
         self.layers = parse_layers(layers) if isinstance(layers, str) else [int(i) for i in layers]
         if self.layers == "hierarchical":
-            self.layer_indices = list(self.model.hierarchical_layers)
+            self.layer_indices = list(self._model.hierarchical_layers)
         elif self.layers == "last":
-            self.layer_indices = [self.model.depth - 1]
+            self.layer_indices = [self._model.depth - 1]
         else:
-            self.layer_indices = self.model.resolve_layers(self.layers)  # raises for blocks the model lacks
+            self.layer_indices = self._model.resolve_layers(self.layers)  # raises for blocks the model lacks
         self._warned_nonfinite = False
         self.compiled = bool(options.compile)
         # CPU fp32 eager: fused or plain linears, chosen on the first batch's real token count
@@ -130,19 +133,54 @@ class ClipEncoder:
         self.cpu_linear: dict | None = None
         # The module itself stays uncompiled (attributes, state_dict keys, model_info unchanged);
         # only the forward used by `encode` goes through the compiler.
-        self._forward = CompiledForward(self.model) if self.compiled else self.model.forward_features
-        self.crop = self.model.img_size
-        self.spatial = SpatialPlan(spatial, self.crop, self.model.patch_size, self.model.tubelet_size,
+        self._forward = self._forward_of(self._model) if load_weights else None
+        self.crop = self._model.img_size
+        self.spatial = SpatialPlan(spatial, self.crop, self._model.patch_size, self._model.tubelet_size,
                                    options.short_side, options.max_tokens,
-                                   image_path_frames=self.model.img_temporal_dim_size)
+                                   image_path_frames=self._model.img_temporal_dim_size)
         self.transform = self.spatial.transform(normalize=False)  # uint8 crops, normalised in `encode`
         self._normalizing_transform = self.spatial.transform()
         coverage = (f"crop {self.crop}" if spatial == "center"
                     else f"whole frame at short side {self.spatial.short_side}")
         logger.info("encoder %s: V-JEPA %s, width %d, depth %d, %d heads, %s, %s on %s; storing %s (%d wide)",
-                    spec, self.model.generation, self.model.embed_dim, self.model.depth, self.model.num_heads,
+                    spec, self._model.generation, self._model.embed_dim, self._model.depth, self._model.num_heads,
                     coverage, str(self.dtype).removeprefix("torch."), self.device, self.output_kind
                     + ("" if self.layers == "last" else f" blocks {self.layer_indices}"), self.embed_dim)
+
+    def _load_model(self, weights: bool):
+        return load_encoder(self.spec, img_size=self.options.img_size, checkpoint_key=self.options.checkpoint_key,
+                            device=self.device, dtype=self.dtype, num_heads=self.options.num_heads, weights=weights)
+
+    def _forward_of(self, model):
+        return CompiledForward(model) if self.compiled else model.forward_features
+
+    def load_weights(self) -> None:
+        """Read (or draw) the weights of an encoder made with `load_weights=False`; nothing if they are
+        loaded. The model's architecture is the one already described."""
+        if self.weights_loaded:
+            return
+        start = time.perf_counter()
+        self._model = self._load_model(weights=True)
+        self._forward = self._forward_of(self._model)
+        self.weights_loaded = True
+        logger.info("encoder %s: weights loaded in %.1f s", self.spec, time.perf_counter() - start)
+
+    @property
+    def model(self):
+        """The encoder (`VisionTransformer`), its weights loaded first if they were not."""
+        self.load_weights()
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        self._model, self.weights_loaded = model, True
+        self._forward = self._forward_of(model)
+
+    @property
+    def architecture(self):
+        """The encoder's shapes and settings (`patch_size`, `depth`, `generation`, `is_random`, …)
+        without loading its weights: the model itself once they are loaded, else its meta-device twin."""
+        return self._model
 
     @property
     def output_kind(self) -> str:
@@ -151,12 +189,12 @@ class ClipEncoder:
     @property
     def embed_dim(self) -> int:
         """Width of the stored features: D, or D × the number of levels stored."""
-        return self.model.embed_dim * (1 if self.layers == "last" else len(self.layer_indices))
+        return self._model.embed_dim * (1 if self.layers == "last" else len(self.layer_indices))
 
     def grid(self, num_frames: int, image_hw: tuple[int, int] | None = None) -> tuple[int, int, int]:
         """Token grid (Tp, Hp, Wp) of a clip of `num_frames` frames: at the crop size (`center`), or of
         frames of `image_hw` = (height, width) source pixels (`full`, where it is required)."""
-        return self.model.patch_grid(num_frames, *self.spatial.input_hw(*(image_hw or (None, None))))
+        return self._model.patch_grid(num_frames, *self.spatial.input_hw(*(image_hw or (None, None))))
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 `[T, H, W, 3]` → normalised float32 `[C, T, H', W']` (CPU; crop×crop for `center`)."""
@@ -177,10 +215,11 @@ class ClipEncoder:
         per value. Broadcast (stride-0) dimensions, e.g. an image expanded along time, are
         uploaded once and expanded again on the device rather than materialised on the host.
         """
+        self.load_weights()
         if self._cpu_linear_pending:
             self._cpu_linear_pending = False
-            tokens = clips.shape[0] * math.prod(self.model.patch_grid(*clips.shape[2:]))
-            self.cpu_linear = choose_cpu_linear(self.model, tokens, self.options.cpu_linear)
+            tokens = clips.shape[0] * math.prod(self._model.patch_grid(*clips.shape[2:]))
+            self.cpu_linear = choose_cpu_linear(self._model, tokens, self.options.cpu_linear)
         x = to_device_keep_broadcast(clips, self.device, self.dtype)
         feats = self._forward(x, self.layer_indices if isinstance(self.layers, list) else self.layers).to(torch.float16)
         if self.dtype != torch.float32 and not self._warned_nonfinite and not torch.isfinite(feats).all():
@@ -209,15 +248,15 @@ class ClipEncoder:
         known = image_hw is not None or self.spatial.mode == "center"
         tp, hp, wp = self.grid(num_frames, image_hw or (self.crop, self.crop))  # Tp does not depend on the frame
         return {
-            **model_info(self.model),
+            **model_info(self._model),
             "num_input_frames": num_frames,
             "num_output_temporal": tp,
             "spatial_patches": [hp, wp] if known else None,
             "patch_dim": self.embed_dim,
             "output": self.output_kind,
             "layers": self.layer_indices,
-            "level_norm": "norms_block" if self.model.has_norms_block else "norm",
-            "image_path": self.model.uses_image_path(num_frames),
+            "level_norm": "norms_block" if self._model.has_norms_block else "norm",
+            "image_path": self._model.uses_image_path(num_frames),
             "compute_dtype": str(self.dtype).removeprefix("torch."),
             "tf32": bool(self.options.tf32 and self.device.type == "cuda"),
         }

@@ -85,5 +85,5 @@ def table_config(encoder: ClipEncoder, clip_frames: int, pooling_name: str) -> d
     as its run signature."""
     run = RunSignature.of_run(encoder, clip_frames)
     return {"model": run.model, "pooling": pooling_name, "img_size": run.img_size, "clip_frames": clip_frames,
-            "spatial": run.spatial, "generation": encoder.model.generation, "output": encoder.output_kind,
+            "spatial": run.spatial, "generation": encoder.architecture.generation, "output": encoder.output_kind,
             "layers": encoder.layer_indices}

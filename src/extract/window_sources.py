@@ -93,7 +93,7 @@ def frame_folder(frame_dir: str | Path, plan: WindowPlan, encoder: Callable[[], 
         logger.warning("%s; proceeding (--allow_gaps)", message)
     windows = plan.windows(len(frames), f"{frame_dir}: {len(frames)} frames", stride)
     enc = encoder()
-    dataset = FrameWindowDataset([p for _, p in frames], windows, enc.transform, min_side=enc.model.patch_size)
+    dataset = FrameWindowDataset([p for _, p in frames], windows, enc.transform, min_side=enc.architecture.patch_size)
     # `full`: a window's grid follows its frames' size (headers only), to batch equal grids together
     sizes = [read_image_size(frames[w.positions[0]][1]) for w in windows] if enc.spatial.mode == "full" else None
 
@@ -144,7 +144,7 @@ def video(video_path: str | Path, plan: WindowPlan, encoder: Callable[[], ClipEn
     windows = plan.windows(len(indices), f"{video_path}: {len(indices)} frames ({span}{chosen})", stride)
     enc = encoder()
     dataset = VideoWindowDataset(video_path, indices, windows, enc.transform, backend=read_as["video_backend"],
-                                 min_side=enc.model.patch_size)
+                                 min_side=enc.architecture.patch_size)
 
     def metadata(window: Window) -> dict:
         used = [indices[p] for p in window.positions]

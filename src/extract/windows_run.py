@@ -136,12 +136,20 @@ class WindowRun:
 
     @property
     def encoder(self) -> ClipEncoder:
+        """The encoder's architecture (what plans, checks and describes windows); its weights are
+        loaded by `_encode`, when a window needs them: a rerun of a finished run reads none."""
         if self._encoder is None:
             try:
-                self._encoder = ClipEncoder(self.options)
+                self._encoder = ClipEncoder(self.options, load_weights=False)
             except (ValueError, OSError) as exc:  # a bad spec or file: fatal for every input, not per input
                 raise ModelLoadError(str(exc)) from exc
         return self._encoder
+
+    def _load_weights(self) -> None:
+        try:
+            self.encoder.load_weights()
+        except (ValueError, OSError) as exc:  # as for the architecture: fatal for every input
+            raise ModelLoadError(str(exc)) from exc
 
     def table(self, output_dir: Path) -> TableWriter | None:
         """The embeddings table this run appends to (None when it stores tokens only)."""
@@ -282,6 +290,7 @@ class WindowRun:
 
     # ------------------------------------------------------------------ encoding
     def _encode(self, run: _Pass, pending: list[int], batch_size: int) -> None:
+        self._load_weights()  # before the DataLoader's workers start, as the encoder itself was
         source, summary = run.source, run.summary
         # one grid per batch: with `full`, windows are batched by frame size (a video has one)
         batches = batches_by_key([self.encoder.spatial.batch_key(source.sizes[i] if source.sizes else None)

@@ -6,10 +6,10 @@ import json
 from functools import partial
 from pathlib import Path
 
-from src.errors import ModelSpecError
+from src.errors import CheckpointError, ModelSpecError
 from src.models.vision_transformer import VisionTransformer
 from src.models.weights.hf_keys import encoder_from_hf
-from src.models.weights.loading import build_with_weights, load_pickle_free
+from src.models.weights.loading import build_architecture, build_with_weights, load_pickle_free
 
 DEFAULT_HUB_MODEL = "facebook/vjepa2-vitg-fpc64-384"
 
@@ -32,10 +32,17 @@ def hf_config_dict(encoder: VisionTransformer) -> dict:
     )
 
 
-def _read_hf_weights(directory: Path) -> dict:
+def _read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    for pattern, load in (("*.safetensors", load_file), ("pytorch_model*.bin", load_pickle_free)):
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors' own error type: a truncated or foreign file
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+
+
+def _read_hf_weights(directory: Path) -> dict:
+    for pattern, load in (("*.safetensors", _read_safetensors), ("pytorch_model*.bin", load_pickle_free)):
         files = sorted(directory.glob(pattern))  # sharded checkpoints: every shard, merged
         if files:
             state_dict = {}
@@ -45,8 +52,10 @@ def _read_hf_weights(directory: Path) -> dict:
     raise ModelSpecError(f"{directory}: no *.safetensors or pytorch_model*.bin weights next to config.json")
 
 
-def load_hf_directory(directory: str | Path, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
-    """Encoder from a transformers-layout directory (VJEPA2Model or a classifier repo)."""
+def load_hf_directory(directory: str | Path, img_size: int | None = None, num_frames: int = 16,
+                      weights: bool = True) -> VisionTransformer:
+    """Encoder from a transformers-layout directory (VJEPA2Model or a classifier repo); `weights=False`:
+    the architecture alone, from config.json, on the meta device."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -67,6 +76,8 @@ def load_hf_directory(directory: str | Path, img_size: int | None = None, num_fr
         qkv_bias=config.get("qkv_bias", True),
         norm_eps=config.get("layer_norm_eps", 1e-6),
     )
+    if not weights:
+        return build_architecture(make_model)
     hf_state = _read_hf_weights(directory)
     prefix = "vjepa2.encoder." if any(k.startswith("vjepa2.encoder.") for k in hf_state) else "encoder."
     return build_with_weights(make_model, encoder_from_hf(hf_state, prefix=prefix), str(directory))

@@ -33,6 +33,12 @@ def build_with_weights(make_model: Callable[[], torch.nn.Module], state_dict: di
     return model
 
 
+def build_architecture(make_model: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """`make_model()` on the meta device: every shape and setting, no weights (nothing drawn or read)."""
+    with torch.device("meta"):
+        return make_model()
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
     """Load every key or fail with one message naming the missing, unexpected and mis-shaped keys."""
     _check_keys(model.state_dict(), state_dict, source)
@@ -77,8 +83,16 @@ def block_indices(state_dict: dict, prefix: str) -> list[int]:
     return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
 
 
-def load_pickle_free(path: Path) -> object:
+def load_pickle_free(path: Path, mmap: bool = False) -> object:
+    """`torch.load` without code execution. `mmap`: tensors stay in the file until read (their
+    shapes cost nothing; a file torch cannot map is read whole)."""
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file …
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

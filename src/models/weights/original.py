@@ -12,7 +12,8 @@ import torch
 from src.errors import CheckpointError
 from src.models.registry import V2_1_OPTIONS
 from src.models.vision_transformer import VisionTransformer
-from src.models.weights.loading import block_indices, build_with_weights, key_list, load_pickle_free, strip_prefixes
+from src.models.weights.loading import (block_indices, build_architecture, build_with_weights, key_list,
+                                        load_pickle_free, strip_prefixes)
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +131,14 @@ def choose_checkpoint_key(ckpt: dict, path: Path) -> str:
 
 def load_original_checkpoint(
     path: str | Path, img_size: int | None = None, num_frames: int = 16, checkpoint_key: str | None = None,
-    num_heads: int | None = None,
+    num_heads: int | None = None, weights: bool = True,
 ) -> VisionTransformer:
     """Encoder from an original V-JEPA 2 / 2.1 `.pt` (generation from the keys, architecture
     from tensor shapes). `checkpoint_key` None: the entry Meta's code reads (see
-    `choose_checkpoint_key`); a bare encoder state dict also loads."""
+    `choose_checkpoint_key`); a bare encoder state dict also loads. `weights=False`: the
+    architecture alone, on the meta device (the file is mapped, its tensors never read)."""
     path = Path(path)
-    ckpt = load_pickle_free(path)
+    ckpt = load_pickle_free(path, mmap=not weights)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if checkpoint_key is None and any(str(k).endswith("patch_embed.proj.weight") for k in ckpt):
@@ -170,8 +172,10 @@ def load_original_checkpoint(
         logger.info("%s: no crop size given; using %d (%s)", path.name, img_size,
                     "all released 2.1 encoders are 384 px" if generation == "2.1"
                     else "pass img_size=384 for 384 px checkpoints")
-    model = build_with_weights(partial(VisionTransformer, img_size=img_size, num_frames=num_frames, **arch),
-                               state_dict, f"{path} ['{checkpoint_key}'] (V-JEPA {generation})")
+    make_model = partial(VisionTransformer, img_size=img_size, num_frames=num_frames, **arch)
+    if not weights:
+        return build_architecture(make_model)
+    model = build_with_weights(make_model, state_dict, f"{path} ['{checkpoint_key}'] (V-JEPA {generation})")
     logger.info("loaded %s['%s']: V-JEPA %s, width %d, depth %d, %d heads", path.name, checkpoint_key, generation,
                 arch["embed_dim"], arch["depth"], arch["num_heads"])
     return model

@@ -11,6 +11,7 @@ from src.errors import ModelSpecError
 from src.models.registry import ARCHITECTURES
 from src.models.vision_transformer import FACTORIES, VisionTransformer
 from src.models.weights.hub import download_hub_model, load_hf_directory
+from src.models.weights.loading import build_architecture
 from src.models.weights.original import load_original_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,16 @@ def parse_options(options: list[str], spec: str) -> dict:
     return overrides
 
 
-def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int = 16) -> VisionTransformer:
-    """Seeded random encoder for `random:<arch>[,key=value...]`; same spec → same weights."""
+def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int = 16,
+                         weights: bool = True) -> VisionTransformer:
+    """Seeded random encoder for `random:<arch>[,key=value...]`; same spec → same weights.
+    `weights=False`: the architecture alone, on the meta device (nothing drawn)."""
     arch, overrides = parse_random_spec(spec)
+    if not weights:
+        try:
+            return build_architecture(lambda: FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides))
+        except TypeError as exc:
+            raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         try:
@@ -87,25 +95,32 @@ def load_encoder(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     num_heads: int | None = None,
+    weights: bool = True,
 ) -> VisionTransformer:
     """Turn a model spec into an eval-mode encoder on `device` (see the module docstring), cast
     to `dtype` if given (cast and moved in one step, so a bf16 ViT-g never sits on the GPU in fp32).
 
     The returned model carries `model_spec` (the spec string) and `is_random` attributes.
+    `weights=False`: its architecture only, on the meta device (shapes and settings, for planning
+    and describing a run), read from the spec without drawing or reading any weight (a hub spec
+    is still resolved to its local snapshot).
     """
     kind = resolve_spec_kind(spec)
     if num_heads is not None and kind != "checkpoint":
         raise ModelSpecError(f"num_heads (--num_heads) applies to original .pt checkpoints, whose shapes cannot tell "
                              f"the head count; {spec} records its own (a random: spec takes ',num_heads=N')")
     if kind == "random":
-        model = build_random_encoder(spec, img_size=img_size, num_frames=num_frames)
+        model = build_random_encoder(spec, img_size=img_size, num_frames=num_frames, weights=weights)
     elif kind == "checkpoint":
-        model = load_original_checkpoint(Path(spec).expanduser(), img_size, num_frames, checkpoint_key, num_heads)
+        model = load_original_checkpoint(Path(spec).expanduser(), img_size, num_frames, checkpoint_key, num_heads,
+                                         weights=weights)
     elif kind == "hf_dir":
-        model = load_hf_directory(Path(spec).expanduser(), img_size, num_frames)
+        model = load_hf_directory(Path(spec).expanduser(), img_size, num_frames, weights=weights)
     else:
-        model = load_hf_directory(download_hub_model(spec), img_size, num_frames)
+        model = load_hf_directory(download_hub_model(spec), img_size, num_frames, weights=weights)
     model.model_spec, model.is_random = spec, kind == "random"
+    if not weights:
+        return model.to(dtype=dtype).eval()
     return model.to(device=device, dtype=dtype).eval()
 
 
