@@ -71,3 +71,25 @@ def test_weights_that_cannot_be_read_stop_the_run_before_any_window(specs, bikes
     assert proc.returncode == 2, proc.stderr  # the model-load error, as when it was read at once
     assert "error: " in proc.stderr and "model.safetensors: cannot read weights" in proc.stderr, proc.stderr
     assert not list(out.glob("window_*"))
+
+
+def test_a_hub_model_fetches_its_config_first_and_its_weights_only_to_encode(specs, bikes_every_2nd_frame,
+                                                                             tmp_path, monkeypatch):
+    # the hub itself cannot be reached here: huggingface_hub's snapshot_download is served from a local folder
+    import huggingface_hub
+
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **_):
+        asked.append((repo_id, tuple(allow_patterns)))
+        return specs["hf_dir"]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    run = SequentialVJEPA2Extractor("someone/vjepa2-small", device="cpu", img_size=32, num_workers=0)
+    assert run.process_frame_directory(bikes_every_2nd_frame, tmp_path, last_frame=40)["ok"] == 3
+    assert asked == [("someone/vjepa2-small", ("*.json",)), ("someone/vjepa2-small", ("*.json", "*.safetensors"))]
+
+    asked.clear()
+    rerun = SequentialVJEPA2Extractor("someone/vjepa2-small", device="cpu", img_size=32, num_workers=0)
+    assert rerun.process_frame_directory(bikes_every_2nd_frame, tmp_path, last_frame=40)["skipped"] == 3
+    assert asked == [("someone/vjepa2-small", ("*.json",))]  # a finished run downloads no weights

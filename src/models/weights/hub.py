@@ -83,12 +83,13 @@ def load_hf_directory(directory: str | Path, img_size: int | None = None, num_fr
     return build_with_weights(make_model, encoder_from_hf(hf_state, prefix=prefix), str(directory))
 
 
-def download_hub_model(repo_id: str) -> Path:
-    """Local snapshot of a hub repo (config + safetensors) via huggingface_hub, or a clear error."""
+def download_hub_model(repo_id: str, weights: bool = True) -> Path:
+    """Local snapshot of a hub repo (config + safetensors; `weights=False`: the config alone) via
+    huggingface_hub, or a clear error."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"] if weights else ["*.json"]))
     except Exception as exc:  # offline, unknown repo, no cache: all end the same way for the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSpecError(

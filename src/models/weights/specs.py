@@ -117,7 +117,7 @@ def load_encoder(
     elif kind == "hf_dir":
         model = load_hf_directory(Path(spec).expanduser(), img_size, num_frames, weights=weights)
     else:
-        model = load_hf_directory(download_hub_model(spec), img_size, num_frames, weights=weights)
+        model = load_hf_directory(download_hub_model(spec, weights=weights), img_size, num_frames, weights=weights)
     model.model_spec, model.is_random = spec, kind == "random"
     if not weights:
         return model.to(dtype=dtype).eval()
