@@ -93,3 +93,16 @@ def test_a_hub_model_fetches_its_config_first_and_its_weights_only_to_encode(spe
     rerun = SequentialVJEPA2Extractor("someone/vjepa2-small", device="cpu", img_size=32, num_workers=0)
     assert rerun.process_frame_directory(bikes_every_2nd_frame, tmp_path, last_frame=40)["skipped"] == 3
     assert asked == [("someone/vjepa2-small", ("*.json",))]  # a finished run downloads no weights
+
+
+def test_an_old_format_checkpoint_gives_its_architecture_too(tmp_path):
+    # torch cannot memory-map the pre-zip format: the file is then read whole, and still describes the model
+    encoder = small_encoder(img_size=32, num_frames=16, depth=3)
+    path = tmp_path / "old.pt"
+    torch.save({"encoder": {f"module.backbone.{k}": v for k, v in encoder.state_dict().items()}}, path,
+               _use_new_zipfile_serialization=False)
+    lazy = ClipEncoder(str(path), device="cpu", img_size=32, load_weights=False)
+    assert lazy.architecture.depth == 3 and all(p.is_meta for p in lazy.architecture.parameters())
+    lazy.load_weights()
+    expected, loaded = encoder.state_dict(), lazy.model.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)

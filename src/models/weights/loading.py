@@ -16,6 +16,12 @@ def key_list(keys, limit: int = 12) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def build_architecture(make_model: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """`make_model()` on the meta device: every shape and setting, no weights (nothing drawn or read)."""
+    with torch.device("meta"):
+        return make_model()
+
+
 def build_with_weights(make_model: Callable[[], torch.nn.Module], state_dict: dict, source: str) -> torch.nn.Module:
     """`make_model()` holding `state_dict`'s tensors as its weights, checked as strictly as
     `load_state_dict_strict`.
@@ -24,19 +30,12 @@ def build_with_weights(make_model: Callable[[], torch.nn.Module], state_dict: di
     overwritten (~1.2 s and 1.2 GB of first-touched memory for a ViT-L); the checkpoint's tensors
     become the parameters, each cast to the dtype the model declares (as a copying load would).
     """
-    with torch.device("meta"):
-        model = make_model()
+    model = build_architecture(make_model)
     expected = model.state_dict()
     _check_keys(expected, state_dict, source)
     weights = {k: v.to(dtype=expected[k].dtype).contiguous() for k, v in state_dict.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     return model
-
-
-def build_architecture(make_model: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """`make_model()` on the meta device: every shape and setting, no weights (nothing drawn or read)."""
-    with torch.device("meta"):
-        return make_model()
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
