@@ -48,17 +48,18 @@ def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int
     """Seeded random encoder for `random:<arch>[,key=value...]`; same spec → same weights.
     `weights=False`: the architecture alone, on the meta device (nothing drawn)."""
     arch, overrides = parse_random_spec(spec)
-    if not weights:
-        try:
-            return build_architecture(lambda: FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides))
-        except TypeError as exc:
-            raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        try:
-            model = FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides)
-        except TypeError as exc:
-            raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
+
+    def make_model() -> VisionTransformer:
+        return FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides)
+
+    try:
+        if not weights:
+            return build_architecture(make_model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = make_model()
+    except TypeError as exc:
+        raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
     logger.warning(
         "RANDOM WEIGHTS (%s): this encoder is untrained; its features are random and mean "
         "nothing. Use it only for tests, benchmarks and offline smoke runs.",
