@@ -128,7 +128,9 @@ def trained(task):
 def test_learnable_task_reaches_high_accuracy_and_shuffled_labels_stay_at_chance(task, trained):
     out, proc = trained
     val_top1 = float(re.search(r"val top-1 (\d\.\d+)", proc.stdout).group(1))
-    assert val_top1 >= 0.9, proc.stdout
+    # Thresholds hold for any random encoder, not one draw: with random:tiny's weights drawn from
+    # seeds 0-4, val read 0.875-0.975 and the 20 held-out clips 0.75-0.95 (chance: 0.25).
+    assert val_top1 >= 0.8, proc.stdout
     splits = list(csv.DictReader((out / "splits.csv").open()))
     assert Counter(r["split"] for r in splits) == {"train": 120, "val": 40}
     assert Counter(r["label"] for r in splits if r["split"] == "val") == {d: 10 for d in DIRECTIONS}
@@ -143,7 +145,7 @@ def test_learnable_task_reaches_high_accuracy_and_shuffled_labels_stay_at_chance
         assert proc.returncode == 0, proc.stderr[-3000:]
     true_labels, shuffled_labels = (json.loads((d / "test_eval" / "metrics.json").read_text()) for d in (out, shuffled_out))
     assert true_labels["clips"] == shuffled_labels["clips"] == 20
-    assert true_labels["top1"] >= 0.9 and shuffled_labels["top1"] <= 0.4, (true_labels, shuffled_labels)
+    assert true_labels["top1"] >= 0.7 and shuffled_labels["top1"] <= 0.4, (true_labels, shuffled_labels)
 
 
 def test_eval_outputs_and_predict_agree(task, trained):
