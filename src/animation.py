@@ -96,7 +96,7 @@ def render(feature_files: list[Path], projections: dict, todo: dict, out: Path, 
                     for writer in writers[name]:
                         writer.append(image, copy=False)  # composed for the videos alone, never changed
         for writer in (w for ws in writers.values() for w in ws):
-            writer.finish()  # ffmpeg's last frames and the GIF's LZW at once, on their own threads
+            writer.finish()  # ffmpeg's last frames and the GIF's last frame at once, on their own threads
     source.close()
     return written
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import GifImagePlugin, Image, ImageDraw
 
 from src.background import BackgroundWriter
 
@@ -372,6 +372,52 @@ def _gif_palette_frame(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr).quantize(colors=256, method=Image.Quantize.FASTOCTREE)
 
 
+class _GifStream:
+    """A GIF written frame by frame with Pillow's GIF header and frame encoders (`getheader`,
+    `getdata`), so each frame's LZW runs when the frame arrives rather than all of them at close.
+
+    Decoded, it equals Pillow's ``save_all`` of the same palette frames (the tests compare them):
+    every frame whole, with its own colour table, shown for `duration_ms`, identical consecutive
+    frames merged into one whose duration is their sum (as ``save_all`` does), looping forever.
+    """
+
+    def __init__(self, path: Path, duration_ms: int):
+        self._file = open(path, "wb")
+        self._duration = duration_ms
+        self._pending: list | None = None  # [palette frame, duration]: written once the next one differs
+        self._started = False
+
+    def add(self, frame: Image.Image) -> None:
+        pending = self._pending
+        if pending is not None and frame.tobytes() == pending[0].tobytes() and \
+                frame.getpalette() == pending[0].getpalette():
+            pending[1] += self._duration
+            return
+        self._write_pending()
+        self._pending = [frame, self._duration]
+
+    def _write_pending(self) -> None:
+        if self._pending is None:
+            return
+        frame, duration = self._pending
+        if not self._started:
+            header, _ = GifImagePlugin.getheader(frame, info={"loop": 0})
+            self._file.writelines(header)
+            self._started = True
+        self._file.writelines(GifImagePlugin.getdata(frame, duration=duration, disposal=2,
+                                                     include_color_table=True))
+        self._file.flush()  # on disk, not in a buffer: the file grows frame by frame
+        self._pending = None
+
+    def close(self) -> None:
+        self._write_pending()
+        self._file.write(b";")  # the trailer
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
 class VideoWriter:
     """Stream RGB frames into an MP4 (H.264, yuv420p) or a GIF, published atomically on close.
 
@@ -380,12 +426,11 @@ class VideoWriter:
     writer closes cleanly; an exception inside the ``with`` removes it.
     MP4 frames stream to ffmpeg (nothing kept in memory); odd sizes get one
     black row/column of padding (H.264 4:2:0 needs even sizes; no rescaling).
-    GIF frames are kept as palette images (1 byte/pixel) until close, since
-    the GIF is written in one go. PIL merges identical consecutive GIF frames,
-    adding their durations.
+    GIF frames are reduced to 256 colours and encoded as they come (`_GifStream`);
+    identical consecutive GIF frames are merged, adding their durations.
 
-    ``background=True`` does each frame's work (the pipe to ffmpeg, the GIF palette) and the
-    finishing (ffmpeg's last frames, the GIF's LZW) on a thread of the writer's own, in order,
+    ``background=True`` does each frame's work (the pipe to ffmpeg, the GIF palette and LZW) and
+    the finishing (ffmpeg's last frames, the GIF's last frame) on a thread of the writer's own, in order,
     at most `BACKGROUND_FRAMES` frames behind: the caller keeps drawing meanwhile (Pillow and the
     pipe release the GIL), and `finish()` lets several writers finish at once before `close()`
     waits for them. A failure there is raised by the next `append`, `finish` or `close`.
@@ -409,7 +454,7 @@ class VideoWriter:
         self.num_frames = 0
         self._tmp: Path | None = None
         self._gen = None  # imageio-ffmpeg writer generator (mp4)
-        self._gif_frames: list[Image.Image] = []
+        self._gif: _GifStream | None = None
         self._closed = False
         self._finishing = False
         self._jobs = BackgroundWriter(self.BACKGROUND_FRAMES if background else 0, name=f"video-{self.fmt}")
@@ -438,8 +483,7 @@ class VideoWriter:
             self.frame_size = hw
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = _temp_path(self.path)
-            if self.fmt == "mp4":
-                self._jobs.submit(self._start_ffmpeg)
+            self._jobs.submit(self._start_ffmpeg if self.fmt == "mp4" else self._start_gif)
         elif hw != self.frame_size:
             raise ValueError(
                 f"VideoWriter: frame {self.num_frames} has size {hw[0]}x{hw[1]} but the video "
@@ -453,8 +497,10 @@ class VideoWriter:
         if self.fmt == "mp4":
             self._gen.send(np.ascontiguousarray(self._pad_even(arr)).tobytes())
         else:
-            # Palette conversion per frame keeps memory at 1 byte/pixel.
-            self._gif_frames.append(_gif_palette_frame(arr))
+            self._gif.add(_gif_palette_frame(arr))
+
+    def _start_gif(self) -> None:
+        self._gif = _GifStream(self._tmp, gif_frame_duration_ms(self.fps))
 
     def _start_ffmpeg(self) -> None:
         import imageio_ffmpeg
@@ -496,17 +542,8 @@ class VideoWriter:
             if not self._tmp.exists() or self._tmp.stat().st_size == 0:
                 raise OSError(f"VideoWriter: ffmpeg produced no output for {self.path}")
         else:
-            first, *rest = self._gif_frames
-            first.save(
-                self._tmp,
-                format="GIF",
-                save_all=True,
-                append_images=rest,
-                duration=gif_frame_duration_ms(self.fps),
-                loop=0,
-                disposal=2,
-            )
-            self._gif_frames = []
+            gif, self._gif = self._gif, None
+            gif.close()
 
     def finish(self) -> None:
         """Start finishing the file (with ``background``, without waiting); `close` completes it."""
@@ -550,7 +587,9 @@ class VideoWriter:
                 gen.close()
             except Exception as err:  # pragma: no cover - cleanup must not mask the original error
                 logger.warning("VideoWriter: error stopping ffmpeg: %s", err)
-        self._gif_frames = []
+        gif, self._gif = self._gif, None
+        if gif is not None:
+            gif.abort()
         _remove_quietly(self._tmp)
         self._tmp = None
         self._closed = True

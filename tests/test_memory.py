@@ -52,10 +52,11 @@ print(json.dumps({"growth": after - before, "image_bytes": feature_bytes(encoder
 def _measure(image_dir: Path, out: Path, count: int, budget_mb: int | None) -> dict:
     proc = subprocess.run([sys.executable, "-c", MEASURE, str(image_dir), str(out), str(count),
                            "none" if budget_mb is None else str(budget_mb)],
-                          # one malloc arena: the peak once rose ~40 MB above its usual value (one suite run in
-                          # six failed), plausibly a second arena for the writer thread; with one, 4 pairs of
-                          # runs kept 20-30 MB of the 39 MB margin (13-30 MB without)
-                          cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="1"),
+                          # glibc's heap, not the run, once made the peak swing by ~40-50 MB (one suite in six
+                          # failed, even with one arena): its mmap threshold adapts upwards, so freed 13 MB
+                          # tensors stayed in the heap. A fixed 1 MB threshold returns them to the system at
+                          # once: 6 pairs of runs then read 95-96 MB and 96-97 MB (12-24 MB apart before)
+                          cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="1", MALLOC_MMAP_THRESHOLD_="1048576"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

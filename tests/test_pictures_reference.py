@@ -97,6 +97,41 @@ def test_gif_frames_are_the_fast_octree_palette_of_each_frame(tmp_path):
             assert np.abs(got.astype(int) - frame).mean() < 12  # a palette of the frame, not of another one
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_streamed_gif_decodes_as_pillows_save_all_of_the_same_frames(tmp_path, background):
+    """Frames are encoded as they come, yet the GIF shows what Pillow's one-go `save_all` shows:
+    the same frames, identical consecutive ones merged with their durations added, looping."""
+    from src.render import _gif_palette_frame, gif_frame_duration_ms
+
+    rng = np.random.default_rng(7)
+    distinct = [rng.integers(0, 256, (30, 44, 3), dtype=np.uint8) for _ in range(4)]
+    frames = [distinct[0], distinct[1], distinct[1], distinct[2], distinct[3], distinct[3], distinct[3]]
+    path = tmp_path / "s.gif"
+    sizes = []
+    with VideoWriter(path, fps=8, background=background) as gif:
+        for frame in frames:
+            gif.append(frame)
+            if not background:
+                (partial,) = tmp_path.glob(".*")  # the GIF being written, under its temporary name
+                sizes.append(partial.stat().st_size)
+    palette = [_gif_palette_frame(f) for f in frames]
+    palette[0].save(tmp_path / "pillow.gif", format="GIF", save_all=True, append_images=palette[1:],
+                    duration=gif_frame_duration_ms(8), loop=0, disposal=2)
+
+    def decoded(p):
+        with Image.open(p) as im:
+            loop = im.info.get("loop")
+            return loop, [(np.asarray(f.convert("RGB")).copy(), f.info["duration"]) for f in ImageSequence.Iterator(im)]
+
+    (loop, ours), (pillow_loop, pillow) = decoded(path), decoded(tmp_path / "pillow.gif")
+    assert loop == pillow_loop == 0
+    assert [d for _, d in ours] == [d for _, d in pillow] == [130, 260, 130, 390]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(ours, pillow))
+    if not background:  # each frame reached the file when the next different one came, not at close
+        assert sizes[0] == 0 < sizes[1] == sizes[2] < sizes[3] < sizes[4] == sizes[5] == sizes[6]
+    assert not list(tmp_path.glob(".*"))  # the temporary name is gone
+
+
 def test_an_aborted_gif_leaves_nothing(tmp_path):
     writer = VideoWriter(tmp_path / "w.gif", fps=10)
     writer.append(np.zeros((8, 8, 3), np.uint8))
