@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 RANDOM_SEED = 0
 # How a random: spec's weights are drawn (recorded in model_info; a resumed run must match it).
-# Earlier versions drew torch's default initialisation from torch's global generator, twice as
-# slow (every Linear drew its default weights, single-threaded MT19937): those files read None.
+# Earlier versions drew the same distribution from torch's global generator (one MT19937 stream,
+# single-threaded, about twice as slow for a ViT-L): their files read None.
 RANDOM_DRAW = "pcg64-per-tensor"
 
 
