@@ -119,3 +119,25 @@ def test_prefetch_imports_umap_once_in_the_background_and_a_failure_surfaces_at_
     jit_cache.prefetch_umap().join(timeout=60)
     assert jit_cache.import_umap() is umap and jit_cache.import_umap() is umap
     assert calls.count("ok") == 1  # imported once, then reused
+
+
+def test_prefetch_shortens_the_switch_interval_while_it_imports_and_restores_it(monkeypatch):
+    """The background import holds the GIL; while it runs the interpreter switches threads every
+    0.5 ms so the main thread's torch/numpy calls get it back quickly, and afterwards as before."""
+    monkeypatch.setitem(jit_cache._state, "umap", None)
+    monkeypatch.setitem(jit_cache._state, "prefetch", None)
+    before = sys.getswitchinterval()
+    seen, release = [], threading.Event()
+
+    def slow_import():
+        seen.append(sys.getswitchinterval())
+        release.wait(timeout=60)
+        raise ImportError("not needed here")
+
+    monkeypatch.setattr(jit_cache, "_import_umap_with_cache", slow_import)
+    thread = jit_cache.prefetch_umap()
+    assert sys.getswitchinterval() == pytest.approx(min(before, jit_cache.PREFETCH_SWITCH_INTERVAL_S))
+    release.set()
+    thread.join(timeout=60)
+    assert seen == [pytest.approx(min(before, jit_cache.PREFETCH_SWITCH_INTERVAL_S))]
+    assert sys.getswitchinterval() == pytest.approx(before)
