@@ -128,8 +128,9 @@ def trained(task):
 def test_learnable_task_reaches_high_accuracy_and_shuffled_labels_stay_at_chance(task, trained):
     out, proc = trained
     val_top1 = float(re.search(r"val top-1 (\d\.\d+)", proc.stdout).group(1))
-    # Thresholds hold for any random encoder, not one draw: with random:tiny's weights drawn from
-    # seeds 0-4, val read 0.875-0.975 and the 20 held-out clips 0.75-0.95 (chance: 0.25).
+    # Thresholds hold for any random encoder, not one draw: over ten random:tiny encoders (seeds
+    # 0-4 of today's draw and of an earlier one), val read 0.85-0.975 and the 20 held-out clips
+    # 0.75-1.0 (chance: 0.25).
     assert val_top1 >= 0.8, proc.stdout
     splits = list(csv.DictReader((out / "splits.csv").open()))
     assert Counter(r["split"] for r in splits) == {"train": 120, "val": 40}
@@ -177,8 +178,13 @@ def test_eval_outputs_and_predict_agree(task, trained):
     predicted = {r["path"]: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert len(predicted) == 180
     evaluated = list(csv.DictReader((out / "val_eval" / "predictions.csv").open()))
-    for row in evaluated:
-        assert predicted[row["path"]] == row
+    for row in evaluated:  # the same rows; probabilities to print precision (eval and predict batch differently,
+        other = predicted[row["path"]]  # so a GEMM's last bit can move a 6th decimal)
+        assert other.keys() == row.keys()
+        assert {k: v for k, v in other.items() if not k.startswith("prob_")} == \
+            {k: v for k, v in row.items() if not k.startswith("prob_")}
+        assert [float(other[k]) for k in row if k.startswith("prob_")] == pytest.approx(
+            [float(row[k]) for k in row if k.startswith("prob_")], abs=2e-6)
     probs = [float(evaluated[0][f"prob_{k}"]) for k in range(1, 5)]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
     # raw clips through the encoder recorded in the probe (every 2nd frame, as extracted): the stored features' result

@@ -1,4 +1,4 @@
-"""`random:` specs draw torch's default initialisation from one seeded PCG64 stream per tensor:
+"""`random:` specs draw torch's default initialisation with one seeded generator per tensor:
 the same weights whatever the thread count, the distribution torch's own `reset_parameters` gives,
 and a resumed run refuses windows whose random weights were drawn another way."""
 from __future__ import annotations
