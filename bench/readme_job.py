@@ -11,12 +11,14 @@ process (the process's start-up and exit are part of what is measured). The phas
 package's `metadata.json` (`timings_s`): *windows* is the window loop ("windows written … in X s",
 the issue's extraction time), *set-up* the model build and input scan before it, *projection* and
 *drawing* as logged, *rest* = wall − all of those (interpreter start, imports, the package, exit).
+*CPU s* is the run's user + system time, its ffmpeg included; *busy cores* = CPU s / wall.
 Prints a Markdown table with the CPU it ran on and writes `bench/readme_job.json`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,10 +38,13 @@ README_FLAGS = ["--frame_dir", "examples/frames", "--umap_visualization", "--pca
 
 def run_once(tree: Path, out: Path, model: str) -> dict:
     """One run of the README job from `tree` into `out` (new); its phases in seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # grows by each reaped descendant (ffmpeg too)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "vjepa2_pipeline.py", *README_FLAGS, "--model", model,
                            "--output_dir", str(out)], cwd=tree, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"the README job failed in {tree} (exit {proc.returncode}): {proc.stderr[-2000:]}")
     timings = json.loads((out / "package" / "metadata.json").read_text())["timings_s"]
@@ -50,6 +55,9 @@ def run_once(tree: Path, out: Path, model: str) -> dict:
     phases = {"wall": wall, "windows": windows, "setup": timings["extraction_s"] - windows,
               "projection": timings.get("projection_fit_s", 0.0), "drawing": timings.get("render_s", 0.0)}
     phases["rest"] = wall - timings["extraction_s"] - phases["projection"] - phases["drawing"]
+    # CPU-seconds of the run, and how many cores they kept busy on average: a run whose cores are
+    # all busy only gets shorter by removing work, not by moving it between phases
+    phases["cpu"], phases["busy_cores"] = cpu, cpu / wall
     phases["drawing_per_extraction"] = phases["drawing"] / windows
     phases["non_encoder_per_extraction"] = (wall - windows) / windows
     phases["load"] = load_average()
@@ -70,17 +78,18 @@ def markdown(result: dict) -> str:
              "",
              machine_line(result["machine"]), "",
              "| run | tree | wall s | windows s | set-up s | projection s | drawing s | rest s "
-             "| drawing / extraction | non-encoder / extraction | load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| drawing / extraction | non-encoder / extraction | CPU s | busy cores | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(result["rows"]):
         lines.append(f"| {i // len(result['trees']) + 1} | {r['tree']} | {r['wall']:.2f} | {r['windows']:.2f} "
                      f"| {r['setup']:.2f} | {r['projection']:.2f} | {r['drawing']:.2f} | {r['rest']:.2f} "
-                     f"| {r['drawing_per_extraction']:.3f} | {r['non_encoder_per_extraction']:.3f} | {r['load']} |")
+                     f"| {r['drawing_per_extraction']:.3f} | {r['non_encoder_per_extraction']:.3f} "
+                     f"| {r['cpu']:.1f} | {r['busy_cores']:.2f} | {r['load']} |")
     lines.append("")
     for tree, m in result["medians"].items():
         lines.append(f"- {tree}: medians drawing / extraction {m['drawing_per_extraction']:.3f} (target ≤ 0.15), "
                      f"non-encoder / extraction {m['non_encoder_per_extraction']:.3f} (target ≤ 0.40), "
-                     f"wall {m['wall']:.2f} s")
+                     f"wall {m['wall']:.2f} s, {m['busy_cores']:.2f} cores busy")
     return "\n".join(lines)
 
 
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"tree": name, **run_once(tree, out, args.model)})
                 shutil.rmtree(out)
     medians = {name: {k: statistics.median(r[k] for r in rows if r["tree"] == name)
-                      for k in ("wall", "windows", "drawing_per_extraction", "non_encoder_per_extraction")}
+                      for k in ("wall", "windows", "drawing_per_extraction", "non_encoder_per_extraction",
+                                "busy_cores")}
                for name in trees}
     result = {"model": args.model, "runs": args.runs, "warmed_up": not args.no_warmup, "trees": list(trees),
               "machine": machine_info("cpu"),

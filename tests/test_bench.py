@@ -145,5 +145,8 @@ def test_readme_job_accounts_for_every_second_of_each_run(tmp_path):
         parts = row["windows"] + row["setup"] + row["projection"] + row["drawing"] + row["rest"]
         assert abs(parts - row["wall"]) < 1e-6
         assert abs(row["non_encoder_per_extraction"] - (row["wall"] - row["windows"]) / row["windows"]) < 1e-9
+        # the child's CPU-seconds: some work, and never more cores busy than the machine has
+        assert 0.5 < row["cpu"] and abs(row["busy_cores"] - row["cpu"] / row["wall"]) < 1e-9
+        assert row["busy_cores"] <= os.cpu_count() + 0.05
     table = out.with_suffix(".md").read_text()
     assert "| drawing / extraction |" in table and result["machine"]["cpu"] in table

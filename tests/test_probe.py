@@ -128,9 +128,9 @@ def trained(task):
 def test_learnable_task_reaches_high_accuracy_and_shuffled_labels_stay_at_chance(task, trained):
     out, proc = trained
     val_top1 = float(re.search(r"val top-1 (\d\.\d+)", proc.stdout).group(1))
-    # Thresholds hold for any random encoder, not one draw: over ten random:tiny encoders (seeds
-    # 0-4 of today's draw and of an earlier one), val read 0.85-0.975 and the 20 held-out clips
-    # 0.75-1.0 (chance: 0.25).
+    # Thresholds for any random encoder, not one draw: over ten other random:tiny encoders (seeds
+    # 0-4 of two per-tensor draws tried on 2026-12-03), val read 0.85-0.975 and the 20 held-out
+    # clips 0.75-1.0 (chance: 0.25); 0.9 held for this draw but failed for most of those.
     assert val_top1 >= 0.8, proc.stdout
     splits = list(csv.DictReader((out / "splits.csv").open()))
     assert Counter(r["split"] for r in splits) == {"train": 120, "val": 40}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from src.errors import ConfigError
 from src.inference import ClipEncoder, stored_layers
-from src.models.weights import RANDOM_DRAW
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,6 @@ class RunSignature:
     input: str | None = None  # a window's input, by name (a copy on node-local scratch still resumes)
     frames: list | None = None  # a window's frame numbers
     sample_fps: float | None = None  # a video window's sampling rate (None: every --frame_step-th frame)
-    random_draw: str | None = None  # how a random: spec's weights were drawn (None: real weights)
 
     @classmethod
     def of_run(cls, encoder: ClipEncoder, clip_frames: int | None = None, input: str | None = None,
@@ -38,8 +36,7 @@ class RunSignature:
         return cls(model=encoder.spec, img_size=encoder.crop, spatial=plan.mode,
                    short_side=plan.short_side if plan.mode == "full" else None,
                    layers=stored_layers({"output": encoder.output_kind, "layers": encoder.layer_indices}),
-                   clip_frames=clip_frames, input=input, frames=frames, sample_fps=sample_fps,
-                   random_draw=RANDOM_DRAW if encoder.architecture.is_random else None)
+                   clip_frames=clip_frames, input=input, frames=frames, sample_fps=sample_fps)
 
     @classmethod
     def of_record(cls, model_info: dict | None, metadata: dict | None) -> "RunSignature":
@@ -51,7 +48,7 @@ class RunSignature:
                    spatial=spatial, short_side=meta.get("short_side") if spatial == "full" else None,
                    layers=stored_layers(info), clip_frames=meta.get("image_frames", info.get("num_input_frames")),
                    input=Path(source).name if source else None, frames=meta.get("frame_numbers"),
-                   sample_fps=meta.get("sample_fps"), random_draw=info.get("random_draw"))
+                   sample_fps=meta.get("sample_fps"))
 
     def differences(self, found: "RunSignature") -> dict[str, tuple]:
         """{field: (found, expected)} of the fields this (expected) signature fixes and `found` differs in."""

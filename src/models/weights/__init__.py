@@ -30,13 +30,13 @@ from src.models.weights.original import (
 )
 from src.models.weights.probes import build_random_classifier, load_classifier
 from src.models.weights.specs import (
-    CHECKPOINT_SUFFIXES, RANDOM_DRAW, RANDOM_SEED, build_random_encoder, load_encoder, model_info, resolve_spec_kind,
+    CHECKPOINT_SUFFIXES, RANDOM_SEED, build_random_encoder, load_encoder, model_info, resolve_spec_kind,
 )
 
 __all__ = [
     "CHECKPOINT_SUFFIXES", "CLASSIFIER_RULES", "CheckpointError", "DEFAULT_HUB_MODEL", "ENCODER_KEYS_V2_0",
     "ENCODER_KEYS_V2_1_LARGE", "ENCODER_KEYS_V2_1_SMALL", "ENCODER_RULES", "HEADS_BY_WIDTH", "ModelSpecError",
-    "RANDOM_DRAW", "RANDOM_SEED", "V2_1_KEY_MARKERS", "block_indices", "build_random_classifier", "build_random_encoder",
+    "RANDOM_SEED", "V2_1_KEY_MARKERS", "block_indices", "build_random_classifier", "build_random_encoder",
     "checkpoint_generation", "choose_checkpoint_key", "classifier_from_hf", "classifier_to_hf", "convert_keys",
     "download_hub_model", "encoder_from_hf", "encoder_to_hf", "hf_config_dict", "infer_architecture",
     "load_classifier", "load_encoder", "load_hf_directory", "load_original_checkpoint", "load_pickle_free",

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from src.errors import ModelSpecError
 from src.models.registry import ARCHITECTURES
@@ -22,10 +18,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 RANDOM_SEED = 0
-# How a random: spec's weights are drawn (recorded in model_info; a resumed run must match it).
-# Earlier versions drew the same distribution from torch's one global generator, tensor after
-# tensor on one thread: their files read None.
-RANDOM_DRAW = "mt19937-per-tensor"
 
 
 def parse_random_spec(spec: str) -> tuple[str, dict]:
@@ -61,60 +53,18 @@ def build_random_encoder(spec: str, img_size: int | None = None, num_frames: int
         return FACTORIES[arch](img_size=img_size, num_frames=num_frames, **overrides)
 
     try:
-        model = build_architecture(make_model)
+        if not weights:
+            return build_architecture(make_model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = make_model()
     except TypeError as exc:
         raise ModelSpecError(f"bad option in '{spec}': {exc}") from None
-    if not weights:
-        return model
-    draw_random_weights(model, RANDOM_SEED)
     logger.warning(
         "RANDOM WEIGHTS (%s): this encoder is untrained; its features are random and mean "
         "nothing. Use it only for tests, benchmarks and offline smoke runs.",
         spec,
     )
-    return model
-
-
-def draw_random_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Give a meta-device `model` CPU weights with torch's default initialisation, drawn fast.
-
-    Linear and Conv weights and biases are uniform in ±1/sqrt(fan_in) (what `reset_parameters`
-    gives), LayerNorms one and zero, every other parameter zero (the value our models' constructors
-    give them). Each tensor has its own torch generator, seeded by `seed` and its name, and is
-    filled in one call (which releases the GIL) on as many threads as torch uses: the weights do
-    not depend on the thread count or on the order the tensors are filled in.
-    """
-    model.to_empty(device="cpu")
-    if any(True for _ in model.buffers()):
-        raise NotImplementedError(f"{type(model).__name__} has buffers, which random weights cannot restore")
-    uniform: list[tuple[str, torch.Tensor, float]] = []
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            own = dict(module.named_parameters(prefix=module_name, recurse=False))
-            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
-                bound = 1.0 / math.sqrt(module.weight[0].numel())
-                uniform += [(name, p, bound) for name, p in own.items()]
-            elif isinstance(module, nn.LayerNorm):
-                for name, p in own.items():
-                    p.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif own and module is not model:
-                raise NotImplementedError(f"no random initialisation for {type(module).__name__} ({', '.join(own)})")
-            else:
-                for p in own.values():
-                    p.zero_()
-
-    inference = torch.is_inference_mode_enabled()  # thread-local: the fill threads take the caller's
-
-    def fill(job: tuple[str, torch.Tensor, float]) -> None:
-        name, param, bound = job
-        # torch's CPU generator keeps 32 bits of a seed: the seed and the name hashed together
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-        with torch.inference_mode(inference), torch.no_grad():
-            param.uniform_(-bound, bound, generator=generator)  # one call: the GIL is released once
-
-    uniform.sort(key=lambda job: -job[1].numel())  # the biggest first: the threads end together
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        list(pool.map(fill, uniform))
     return model
 
 
@@ -180,7 +130,6 @@ def model_info(model: VisionTransformer) -> dict:
     return dict(
         model_name=getattr(model, "model_spec", "unknown"),
         random_weights=bool(getattr(model, "is_random", False)),
-        random_draw=RANDOM_DRAW if getattr(model, "is_random", False) else None,
         generation=model.generation,
         embed_dim=model.embed_dim,
         depth=model.depth,
