@@ -1,6 +1,6 @@
 """The pipeline's fast drawing path (blend lookup table, shared overlays, PNGs encoded on worker
-threads at zlib level 3, GIF frames quantised in helper processes) gives pictures whose decoded
-pixels equal a reference rendering by the original formulas on the same grids."""
+threads at zlib level 1, GIF frames quantised and encoded on the writer's thread) gives pictures
+whose decoded pixels equal a reference rendering by the original formulas on the same grids."""
 from __future__ import annotations
 
 import numpy as np
