@@ -181,8 +181,8 @@ def prefetch_umap() -> threading.Thread:
     if _state["prefetch"] is None:
         # The import is Python holding the GIL for ~1.7 s; each torch or numpy call of the main
         # thread (drawing the weights, the first window) releases the GIL and then waits up to one
-        # switch interval to get it back. A 0.5 ms interval while the import runs: the random
-        # ViT-L's weights in 1.7-1.9 s against 1.9-2.7 s, the README job 0.2 s shorter (7 runs each).
+        # switch interval (5 ms by default) to get it back. A 0.5 ms interval while the import
+        # runs: the README job's set-up (a random ViT-L's weights) 1.63-1.66 s against 1.72-1.77 s.
         previous = sys.getswitchinterval()
         sys.setswitchinterval(min(previous, PREFETCH_SWITCH_INTERVAL_S))
 

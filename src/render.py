@@ -410,9 +410,11 @@ class _GifStream:
         self._pending = None
 
     def close(self) -> None:
-        self._write_pending()
-        self._file.write(b";")  # the trailer
-        self._file.close()
+        try:
+            self._write_pending()
+            self._file.write(b";")  # the trailer
+        finally:
+            self._file.close()
 
     def abort(self) -> None:
         self._file.close()
