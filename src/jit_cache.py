@@ -184,7 +184,8 @@ def prefetch_umap() -> threading.Thread:
         # switch interval (5 ms by default) to get it back. A 0.5 ms interval while the import
         # runs: the README job's set-up (a random ViT-L's weights) 1.63-1.66 s against 1.72-1.77 s.
         previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, PREFETCH_SWITCH_INTERVAL_S))
+        interval = min(previous, PREFETCH_SWITCH_INTERVAL_S)
+        sys.setswitchinterval(interval)
 
         def run() -> None:
             try:
@@ -192,7 +193,7 @@ def prefetch_umap() -> threading.Thread:
             except Exception as exc:  # noqa: BLE001 - re-raised by the caller's own import_umap()
                 logger.debug("background import of umap failed: %s", exc)
             finally:
-                if sys.getswitchinterval() == min(previous, PREFETCH_SWITCH_INTERVAL_S):  # nobody else changed it
+                if sys.getswitchinterval() == interval:  # nobody else changed it meanwhile
                     sys.setswitchinterval(previous)
 
         _state["prefetch"] = threading.Thread(target=run, name="import-umap", daemon=True)

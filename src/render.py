@@ -384,22 +384,21 @@ class _GifStream:
     def __init__(self, path: Path, duration_ms: int):
         self._file = open(path, "wb")
         self._duration = duration_ms
-        self._pending: list | None = None  # [palette frame, duration]: written once the next one differs
-        self._started = False
+        self._pending: list | None = None  # [palette frame, its pixels and palette, duration]: written once
+        self._started = False              # the next frame differs
 
     def add(self, frame: Image.Image) -> None:
-        pending = self._pending
-        if pending is not None and frame.tobytes() == pending[0].tobytes() and \
-                frame.getpalette() == pending[0].getpalette():
-            pending[1] += self._duration
+        content = (frame.tobytes(), frame.getpalette())
+        if self._pending is not None and content == self._pending[1]:
+            self._pending[2] += self._duration
             return
         self._write_pending()
-        self._pending = [frame, self._duration]
+        self._pending = [frame, content, self._duration]
 
     def _write_pending(self) -> None:
         if self._pending is None:
             return
-        frame, duration = self._pending
+        frame, _, duration = self._pending
         if not self._started:
             header, _ = GifImagePlugin.getheader(frame, info={"loop": 0})
             self._file.writelines(header)
